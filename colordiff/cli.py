@@ -1,0 +1,137 @@
+"""The `colordiff` console script: `colorize` folders of photos, `init-model` to build a model folder.
+
+    colordiff colorize INPUT... -o OUT --model DIR_OR_HUB_ID [--config YAML] [options] [key=value ...]
+    accelerate launch -m colordiff.cli colorize ...      # files split across processes (GPUs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+
+from colordiff.config import ConfigError, is_override, load_config
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+
+BASE_MODELS = {"SD15": "stable-diffusion-v1-5/stable-diffusion-v1-5"}  # aliases accepted by `init-model --base`
+
+
+@dataclass
+class ColorizeConfig:
+    """Settings of `colordiff colorize` (YAML keys; the flags are shortcuts for the same keys)."""
+
+    model: str = "???"  # a model folder or hub id (required)
+    output_dir: str = "???"  # required
+    inputs: list[str] = field(default_factory=list)
+    steps: int = 50  # DDIM steps (paper 000: T = 50)
+    guidance_scale: float = 7.5
+    seed: int = 0  # with the file's relative path and the sample index, fixes each output
+    num_samples: int = 1
+    resolution: int = 512
+    batch_size: int = 4  # images (files x samples) per U-Net batch
+    prompt: str | None = None  # None: no text prior (empty prompt)
+    keep_luminance: bool = True
+    device: str = "auto"  # auto: this process's accelerator, else cpu
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 otherwise; or float32 / float16 / bfloat16
+    overwrite: bool = False
+    max_pixels: int = 100_000_000  # decompression-bomb guard for inputs
+    local_files_only: bool = False  # never contact the hub for --model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="colordiff", description="Diffusion-based automatic image colorization.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    colorize = commands.add_parser(
+        "colorize",
+        help="colorize image files and folders (recursive)",
+        description="Colorize INPUT files and folders into OUT, mirroring relative paths. Positional `key=value` "
+        "arguments override config keys (see ColorizeConfig); they are applied after --config and the flags.",
+    )
+    colorize.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, and key=value overrides")
+    colorize.add_argument("-o", "--output-dir", dest="output_dir", help="output folder")
+    colorize.add_argument("--model", help="model folder or hub id")
+    colorize.add_argument("--config", action="append", default=[], help="YAML settings (repeatable)")
+    colorize.add_argument("--steps", type=int)
+    colorize.add_argument("--guidance-scale", dest="guidance_scale", type=float)
+    colorize.add_argument("--seed", type=int)
+    colorize.add_argument("--num-samples", dest="num_samples", type=int)
+    colorize.add_argument("--resolution", type=int)
+    colorize.add_argument("--batch-size", dest="batch_size", type=int)
+    colorize.add_argument("--prompt")
+    colorize.add_argument("--keep-luminance", dest="keep_luminance", action=argparse.BooleanOptionalAction)
+    colorize.add_argument("--device")
+    colorize.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    colorize.add_argument("--overwrite", action="store_true", default=None, help="recompute finished outputs")
+    colorize.add_argument("--local-files-only", dest="local_files_only", action="store_true", default=None)
+
+    init = commands.add_parser("init-model", help="write an untrained ColorDiff model folder")
+    init.add_argument("output", metavar="OUT", help="model folder to create")
+    source = init.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tiny", action="store_true", help="tiny random components (tests, smoke runs; no download)")
+    source.add_argument("--base", help="Stable Diffusion 1.5 weights: SD15, a hub id or a local folder")
+    init.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    init.add_argument("--local-files-only", action="store_true", help="never contact the hub for --base")
+    init.add_argument("--seed", type=int, default=0, help="--tiny: the random initialisation")
+    init.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    return parser
+
+
+FLAG_KEYS = [name for name in ColorizeConfig.__dataclass_fields__ if name != "inputs"]
+
+
+def colorize_config(args: argparse.Namespace) -> ColorizeConfig:
+    """--config files <- flags given on the command line <- key=value overrides."""
+    overrides = [a for a in args.inputs if is_override(a)]
+    flags = [f"{key}={_dotlist_value(getattr(args, key))}" for key in FLAG_KEYS
+             if getattr(args, key, None) is not None]
+    inputs = [a for a in args.inputs if not is_override(a)]
+    config = load_config(ColorizeConfig, args.config, flags + overrides)
+    config.inputs = config.inputs + inputs
+    if not config.inputs:
+        raise ConfigError("no INPUT given")
+    return config
+
+
+def _dotlist_value(value) -> str:
+    if isinstance(value, str):  # quote so that omegaconf keeps strings like "1e5" or "null" as written
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+class UsageError(ValueError):
+    """A command-line mistake (missing input path, unusable model folder): exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        # positionals may follow the options (`INPUT -o OUT key=value`); anything else unknown is an error
+        unknown = [a for a in extra if a.startswith("-") or args.command != "colorize"]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        if args.command == "colorize":
+            args.inputs += extra
+    except SystemExit as exit_:  # argparse's usage errors (status 2) and --help (status 0)
+        return int(exit_.code or 0)
+    try:
+        if args.command == "colorize":
+            from colordiff.colorize import run_colorize
+
+            return run_colorize(colorize_config(args))
+        if args.command == "init-model":
+            from colordiff.colorize import run_init_model
+
+            return run_init_model(args.output, tiny=args.tiny, base=BASE_MODELS.get(args.base, args.base),
+                                  dtype=args.dtype, local_files_only=args.local_files_only, seed=args.seed,
+                                  overwrite=args.overwrite)
+    except (ConfigError, UsageError) as err:
+        print(f"colordiff: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The batch jobs behind the CLI: colorize files and folders, and write model folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from colordiff.cli import EXIT_FAILURES, EXIT_OK, ColorizeConfig, UsageError
+from colordiff.io import ImageReadError, is_image_path, output_suffix, read_image, write_image
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+@dataclass
+class Job:
+    """One input file and the output path of each of its samples."""
+
+    source: Path
+    relative: Path
+    outputs: list[Path]
+
+
+# -- planning -----------------------------------------------------------------------------------------------------
+def collect_inputs(inputs: list[str], output_dir: Path) -> list[tuple[Path, Path]]:
+    """(file, path relative to its INPUT) for every input: a file as named, a folder's image files recursively.
+
+    Inside folders only image suffixes count (so sidecar files are ignored), hidden files and the output folder are
+    skipped; a file named on the command line is always tried. A missing INPUT is a usage error.
+    """
+    found = []
+    output_dir = output_dir.resolve()
+    for name in inputs:
+        path = Path(name)
+        if path.is_file():
+            found.append((path, Path(path.name)))
+        elif path.is_dir():
+            for file in sorted(path.rglob("*")):
+                relative = file.relative_to(path)
+                if (file.is_file() and is_image_path(file) and not any(p.startswith(".") for p in relative.parts)
+                        and output_dir not in file.resolve().parents):
+                    found.append((file, relative))
+        else:
+            raise UsageError(f"input not found: {name}")
+    return found
+
+
+def output_paths(output_dir: Path, relative: Path, num_samples: int) -> list[Path]:
+    """OUT mirrors the input's relative path; the name is kept, PNG unless the input's format suits; several
+    samples get a numbered suffix (name_0.png, name_1.png, ...)."""
+    suffix = output_suffix(relative, SUFFIX_FORMATS.get(relative.suffix.lower(), ""), has_alpha=False)
+    target = output_dir / relative
+    if num_samples == 1:
+        return [target.with_suffix(suffix)]
+    return [target.with_name(f"{target.stem}_{k}{suffix}") for k in range(num_samples)]
+
+
+def sample_seed(seed: int, relative: Path, sample: int) -> int:
+    """A seed that depends only on (seed, file, sample): results ignore batch size, order and process count."""
+    digest = hashlib.sha256(f"{seed}\0{relative.as_posix()}\0{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+# -- running ------------------------------------------------------------------------------------------------------
+def resolve_device_dtype(device: str, dtype: str, state) -> tuple[torch.device, torch.dtype]:
+    resolved = state.device if device == "auto" else torch.device(device)
+    if dtype == "auto":
+        return resolved, torch.bfloat16 if resolved.type == "cuda" else torch.float32
+    return resolved, DTYPES[dtype]
+
+
+def _accelerator_available() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def load_model(config: ColorizeConfig, device: torch.device, dtype: torch.dtype):
+    import diffusers
+    import transformers
+
+    from colordiff.pipelines import load_pipeline
+
+    diffusers.utils.logging.disable_progress_bar()  # the CLI shows one bar: files done
+    transformers.utils.logging.disable_progress_bar()
+
+    try:
+        pipe = load_pipeline(config.model, dtype=dtype, local_files_only=config.local_files_only)
+    except (OSError, ValueError, TypeError) as err:
+        raise UsageError(f"cannot load model {config.model}: {str(err).strip().splitlines()[0]}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def run_colorize(config: ColorizeConfig) -> int:
+    """Colorize every input into config.output_dir; returns the exit status (0 all done, 1 some file failed)."""
+    from accelerate import PartialState
+
+    # without an accelerator, accelerate only joins the other launched processes when told it runs on the CPU
+    on_cpu = config.device == "cpu" or (config.device == "auto" and not _accelerator_available())
+    state = PartialState(cpu=on_cpu)
+    output_dir = Path(config.output_dir)
+    if config.num_samples < 1 or config.batch_size < 1 or config.steps < 1:
+        raise UsageError("num_samples, batch_size and steps must be at least 1")
+
+    failed, jobs, owner = 0, [], {}
+    for source, relative in collect_inputs(config.inputs, output_dir):
+        outputs = output_paths(output_dir, relative, config.num_samples)
+        if outputs[0] in owner:  # e.g. photo.bmp and photo.png both become photo.png
+            _report(f"{source}: output {outputs[0]} would overwrite the output of {owner[outputs[0]]}; skipped")
+            failed += 1
+            continue
+        owner[outputs[0]] = source
+        jobs.append(Job(source, relative, outputs))
+
+    todo = [j for j in jobs if config.overwrite or not all(p.is_file() for p in j.outputs)]
+    skipped = len(jobs) - len(todo)
+    todo = todo[state.process_index :: state.num_processes]  # each process takes every n-th file
+    done = 0
+    if todo:
+        device, dtype = resolve_device_dtype(config.device, config.dtype, state)
+        pipe = load_model(config, device, dtype)
+        done, batch_failed = _colorize_jobs(pipe, todo, config)
+        failed += batch_failed
+
+    where = f" [process {state.process_index + 1}/{state.num_processes}]" if state.num_processes > 1 else ""
+    print(f"colordiff: {done} colorized, {skipped} skipped (already done), {failed} failed{where}", file=sys.stderr)
+    return EXIT_FAILURES if failed else EXIT_OK
+
+
+def _colorize_jobs(pipe, jobs: list[Job], config: ColorizeConfig) -> tuple[int, int]:
+    files_per_batch = max(1, config.batch_size // config.num_samples)
+    batches = [jobs[i : i + files_per_batch] for i in range(0, len(jobs), files_per_batch)]
+    done = failed = 0
+    with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(jobs), unit="img", disable=None) as bar:
+        read = lambda batch: [pool.submit(read_image, job.source, config.max_pixels) for job in batch]  # noqa: E731
+        pending = read(batches[0])
+        for index, batch in enumerate(batches):
+            futures, pending = pending, read(batches[index + 1]) if index + 1 < len(batches) else []  # prefetch
+            loaded = []
+            for job, future in zip(batch, futures, strict=True):
+                try:
+                    loaded.append((job, future.result()))
+                except ImageReadError as err:
+                    _report(str(err))
+                    failed += 1
+            ok, bad = _colorize_batch(pipe, loaded, config)
+            done, failed = done + ok, failed + bad
+            bar.update(len(batch))
+    return done, failed
+
+
+def _colorize_batch(pipe, loaded, config: ColorizeConfig) -> tuple[int, int]:
+    """Run one batch (every sample of every file in one pipeline call) and write the outputs; (ok, failed)."""
+    if not loaded:
+        return 0, 0
+    images, generators = [], []
+    for job, image in loaded:
+        for sample in range(config.num_samples):
+            images.append(image.rgb)
+            generators.append(torch.Generator("cpu").manual_seed(sample_seed(config.seed, job.relative, sample)))
+    try:
+        results = pipe(images, prompt=config.prompt, num_inference_steps=config.steps,
+                       guidance_scale=config.guidance_scale, generator=generators, resolution=config.resolution,
+                       keep_luminance=config.keep_luminance, output_type="np").images
+    except Exception as err:  # noqa: BLE001 - one bad batch must not stop the job
+        for job, _ in loaded:
+            _report(f"{job.source}: colorization failed: {type(err).__name__}: {_first_line(err)}")
+        return 0, len(loaded)
+
+    ok = bad = 0
+    for index, (job, image) in enumerate(loaded):
+        samples = results[index * config.num_samples : (index + 1) * config.num_samples]
+        try:
+            for path, rgb in zip(job.outputs, samples, strict=True):
+                alpha = image.alpha if path.suffix.lower() not in (".jpg", ".jpeg") else None
+                write_image(path, rgb, alpha=alpha)
+            ok += 1
+        except (OSError, ValueError) as err:
+            _report(f"{job.source}: cannot write output: {_first_line(err)}")
+            bad += 1
+    return ok, bad
+
+
+def _report(message: str) -> None:
+    tqdm.write(f"colordiff: {message}", file=sys.stderr)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# -- init-model -----------------------------------------------------------------------------------------------------
+def run_init_model(output: str, *, tiny: bool, base: str | None, dtype: str, local_files_only: bool, seed: int,
+                   overwrite: bool) -> int:
+    """Write an untrained ColorDiff model folder (tiny random, or assembled from SD1.5) atomically."""
+    from colordiff.pipelines import ColorDiffPipeline
+    from colordiff.testing import tiny_colordiff_pipeline
+
+    target = Path(output)
+    if target.exists() and not overwrite:
+        raise UsageError(f"{target} exists; pass --overwrite to replace it")
+    if tiny:
+        pipe = tiny_colordiff_pipeline(seed)
+        if DTYPES[dtype] != torch.float32:
+            pipe = pipe.to(dtype=DTYPES[dtype])
+    else:
+        try:
+            pipe = ColorDiffPipeline.from_stable_diffusion(base, dtype=DTYPES[dtype],
+                                                           local_files_only=local_files_only)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"cannot load Stable Diffusion weights from {base}: {_first_line(err)}") from None
+    save_pipeline_atomically(pipe, target)
+    print(f"colordiff: wrote {'tiny random' if tiny else 'untrained'} ColorDiff model to {target}", file=sys.stderr)
+    return EXIT_OK
+
+
+def save_pipeline_atomically(pipe, target: Path) -> None:
+    """save_pretrained (safetensors) into a hidden sibling folder, then swap it in: OUT is whole or absent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

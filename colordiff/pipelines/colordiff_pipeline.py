@@ -1,0 +1,203 @@
+"""ColorDiffPipeline: grayscale photo -> color photo with the ColorDiff model (paper 000, Fig. 2)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
+from diffusers.utils import BaseOutput
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from colordiff.color import gray_from_luminance, merge_luminance, split_luminance
+from colordiff.models import ConcatUNet2DConditionModel, LuminanceAwareAutoencoderKL
+from colordiff.pipelines.images import ImageInput, from_rgb_tensor, resize, to_rgb_tensor, working_size
+from colordiff.sampling import ddim_sample, initial_noise
+
+
+@dataclass
+class ColorDiffPipelineOutput(BaseOutput):
+    images: list  # one per input, each at its input's size (PIL images, arrays or tensors per output_type)
+
+
+class ColorDiffPipeline(DiffusionPipeline):
+    """Luminance-guided Stable Diffusion colorization: concat U-Net (Eq.1) + luminance-aware decoder (Eq.6).
+
+    For each image: the grayscale version (from its Lab L) is encoded once, giving both z_c for the U-Net and the
+    encoder features for the decoder's skips; DDIM with classifier-free guidance on the text produces z_0; the
+    luminance-aware decoder reconstructs the color image; by default the input's exact L is kept and only the
+    predicted a/b are used, upsampled to the input's size.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(
+        self,
+        vae: LuminanceAwareAutoencoderKL,
+        unet: ConcatUNet2DConditionModel,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        scheduler: SchedulerMixin,
+    ):
+        super().__init__()
+        if not isinstance(unet, ConcatUNet2DConditionModel):
+            raise TypeError(f"unet must be a ConcatUNet2DConditionModel, got {type(unet).__name__}")
+        if not isinstance(vae, LuminanceAwareAutoencoderKL):
+            raise TypeError(f"vae must be a LuminanceAwareAutoencoderKL, got {type(vae).__name__}")
+        self.register_modules(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_stable_diffusion_components(cls, sd) -> ColorDiffPipeline:
+        """An untrained ColorDiff model from SD components (identity fuse conv, zero skip alphas: it *is* SD)."""
+        return cls(
+            vae=LuminanceAwareAutoencoderKL.from_vae(sd.vae),
+            unet=ConcatUNet2DConditionModel.from_unet(sd.unet),
+            text_encoder=sd.text_encoder,
+            tokenizer=sd.tokenizer,
+            scheduler=DDIMScheduler.from_config(sd.scheduler.config),
+        )
+
+    @classmethod
+    def from_stable_diffusion(cls, base: str | Path, dtype=None, **kwargs) -> ColorDiffPipeline:
+        """Assemble an untrained ColorDiff model from Stable Diffusion 1.5 weights: a hub id or a local folder.
+
+        Only safetensors weights are read. `kwargs` go to every `from_pretrained` (e.g. `local_files_only=True`).
+        """
+        kwargs = {"use_safetensors": True, **kwargs}
+        weights_dtype = {} if dtype is None else {"dtype": dtype}
+
+        no_weights = {k: v for k, v in kwargs.items() if k != "use_safetensors"}  # tokenizer, scheduler
+        parts = SimpleNamespace(  # the five components, named as in an SD pipeline folder
+            unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet", **weights_dtype, **kwargs),
+            vae=AutoencoderKL.from_pretrained(base, subfolder="vae", **weights_dtype, **kwargs),
+            text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **weights_dtype, **kwargs),
+            tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **no_weights),
+            scheduler=DDIMScheduler.from_pretrained(base, subfolder="scheduler", **no_weights),
+        )
+        return cls.from_stable_diffusion_components(parts)
+
+    # -- pieces ---------------------------------------------------------------------------------------------------
+    @property
+    def size_multiple(self) -> int:
+        """Model sides must be multiples of this: the VAE's downsampling times the U-Net's."""
+        vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return vae_factor * unet_factor
+
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP text embeddings (B, L, d) of `prompts`, padded to the tokenizer's maximum length."""
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]  # (B, L, d)
+
+    def encode_gray(self, gray: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Grayscale (B, 3, h, w) in [0, 1] -> z_c (B, 4, h/8, w/8) scaled for the U-Net, and the decoder skips."""
+        posterior, features = self.vae.encode_with_features(gray.to(self.vae.dtype) * 2.0 - 1.0)
+        return posterior.mode() * self.vae.config.scaling_factor, features
+
+    def decode(self, latents: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        """z_0 (B, 4, h/8, w/8) -> RGB (B, 3, h, w) in [0, 1] through the luminance-aware decoder."""
+        decoded = self.vae.decode_with_features(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, features)
+        return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    # -- call -------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        images: ImageInput | list[ImageInput],
+        prompt: str | list[str] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        resolution: int = 512,
+        keep_luminance: bool = True,
+        negative_prompt: str = "",
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ColorDiffPipelineOutput | tuple:
+        """Colorize `images` (any sizes; color inputs are reduced to their luminance first).
+
+        Args:
+            prompt: one text condition for all images or one per image; None means "" (no text prior).
+            generator: a list of one generator per image makes each result independent of the batch it is in.
+            resolution: the model works at about resolution^2 pixels, aspect ratio kept; outputs have input sizes.
+            keep_luminance: keep the input's exact L and take only a/b from the model (DESIGN.md, Conventions).
+        """
+        images = list(images) if isinstance(images, list | tuple) else [images]
+        prompts = _per_image(prompt if prompt is not None else "", len(images), "prompt")
+        generators = _per_image_generators(generator, len(images))
+
+        device = self._execution_device  # color math runs there too: one upload per image, no round trips
+        luminance = [split_luminance(to_rgb_tensor(im).to(device)[None])[0] for im in images]  # B x (1, 1, H, W)
+        groups = defaultdict(list)  # images sharing a working size run as one batch
+        for i, lum in enumerate(luminance):
+            groups[working_size(*lum.shape[-2:], resolution, self.size_multiple)].append(i)
+
+        results: list = [None] * len(images)
+        for size, indices in groups.items():
+            colored = self._colorize_batch(
+                [luminance[i] for i in indices], size, [prompts[i] for i in indices], negative_prompt,
+                [generators[i] for i in indices], num_inference_steps, guidance_scale, keep_luminance,
+            )
+            for i, rgb in zip(indices, colored, strict=True):
+                results[i] = from_rgb_tensor(rgb, output_type)
+        self.maybe_free_model_hooks()
+        return ColorDiffPipelineOutput(images=results) if return_dict else (results,)
+
+    def _colorize_batch(self, luminance, size, prompts, negative_prompt, generators, steps, guidance, keep_luminance):
+        """Colorize images of one working size `size` as one batch; returns (3, H, W) tensors at their input sizes."""
+        device = self._execution_device
+        gray = torch.cat([resize(gray_from_luminance(lum), size) for lum in luminance])  # (B, 3, h, w)
+        condition_latents, features = self.encode_gray(gray)  # (B, 4, h/8, w/8)
+
+        text_embeds = self.encode_prompt(prompts)  # (B, L, d)
+        # with every prompt equal to the negative prompt both CFG branches are identical: skip one (exact)
+        use_cfg = guidance != 1.0 and any(p != negative_prompt for p in prompts)
+        uncond_embeds = self.encode_prompt([negative_prompt]).expand_as(text_embeds) if use_cfg else None
+
+        noise = initial_noise(generators, tuple(condition_latents.shape[1:]), device, self.unet.dtype)
+        with self.progress_bar(total=steps) as bar:
+            latents = ddim_sample(
+                self.unet, self.scheduler, noise, condition_latents.to(self.unet.dtype),
+                text_embeds.to(self.unet.dtype), None if uncond_embeds is None else uncond_embeds.to(self.unet.dtype),
+                num_inference_steps=steps, guidance_scale=guidance, on_step=lambda step, z: bar.update(),
+            )
+        decoded = self.decode(latents, features)  # (B, 3, h, w)
+
+        outputs = []
+        for lum, rgb in zip(luminance, decoded, strict=True):
+            full_size = tuple(lum.shape[-2:])
+            if keep_luminance:
+                _, ab = split_luminance(rgb[None])  # (1, 2, h, w)
+                outputs.append(merge_luminance(lum, ab)[0])
+            else:
+                outputs.append(resize(rgb[None], full_size)[0].clamp(0.0, 1.0))
+        return outputs
+
+
+def _per_image(value: str | list[str], count: int, name: str) -> list[str]:
+    if isinstance(value, str):
+        return [value] * count
+    if len(value) != count:
+        raise ValueError(f"got {len(value)} {name}s for {count} images")
+    return list(value)
+
+
+def _per_image_generators(generator, count: int) -> list[torch.Generator]:
+    """One CPU generator per image; a single generator is shared (results then depend on the order)."""
+    if isinstance(generator, list):
+        if len(generator) != count:
+            raise ValueError(f"got {len(generator)} generators for {count} images")
+        return generator
+    if generator is None:
+        generator = torch.Generator("cpu").manual_seed(torch.seed())
+    return [generator] * count

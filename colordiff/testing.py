@@ -1,0 +1,154 @@
+"""Tiny random components with Stable Diffusion's shapes, for tests, smoke runs and CPU benchmarks.
+
+They go through the same `save_pretrained` / `from_pretrained` code that real weights use: nothing here downloads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TINY_TEXT_DIM = 32
+TINY_MAX_TOKENS = 77  # as CLIP's, so prompt handling is exercised as with SD
+
+# Stable Diffusion 1.5's noise schedule (its scheduler_config.json), used by DDIM at inference and DDPM in training
+SD15_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+
+def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
+    """An SD-shaped U-Net (cross-attention down/up blocks) with a few channels; latent /2 per block."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=TINY_TEXT_DIM,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    """An SD-shaped VAE: four blocks (downsampling x8, as SD's), 4 latent channels, SD's scaling factor."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 16, 16, 16),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=64,
+            scaling_factor=0.18215,
+        )
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer with no merges (one token per character): real tokenizer code, no download."""
+    alphabet = sorted(ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TINY_MAX_TOKENS)
+
+
+def tiny_text_encoder(seed: int = 0) -> CLIPTextModel:
+    """A two-layer CLIP text encoder matching `tiny_tokenizer`'s vocabulary."""
+    vocab_size = len(tiny_tokenizer())
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=TINY_TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=TINY_MAX_TOKENS,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIPTextModel(config).eval()
+
+
+def tiny_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(**SD15_SCHEDULER_CONFIG)
+
+
+def tiny_stable_diffusion(seed: int = 0) -> StableDiffusionPipeline:
+    """A tiny random text-to-image Stable Diffusion pipeline: stands in for SD1.5 in tests of `init-model --base`."""
+    return StableDiffusionPipeline(
+        vae=tiny_vae(seed),
+        text_encoder=tiny_text_encoder(seed),
+        tokenizer=tiny_tokenizer(),
+        unet=tiny_unet(seed),
+        scheduler=tiny_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_tiny_stable_diffusion(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny SD1.5-layout folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) in safetensors."""
+    tiny_stable_diffusion(seed).save_pretrained(path, safe_serialization=True)
+    return Path(path)
+
+
+def tiny_colordiff_pipeline(seed: int = 0):
+    """An untrained tiny ColorDiff pipeline built exactly as from SD1.5 (identity / zero initialisations)."""
+    from colordiff.pipelines import ColorDiffPipeline
+
+    return ColorDiffPipeline.from_stable_diffusion_components(tiny_stable_diffusion(seed))
+
+
+def sd15_shaped_stable_diffusion(seed: int = 0, dtype=torch.float32) -> StableDiffusionPipeline:
+    """Random weights with Stable Diffusion 1.5's exact architecture (860M U-Net, 84M VAE, 123M CLIP-L text).
+
+    For timing and memory measurements where real weights are neither needed nor available. The tokenizer is the
+    tiny byte-level one: token ids fit the real vocabulary size and prompts still pad to 77 tokens.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+            scaling_factor=0.18215,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                           num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                           projection_dim=768)
+        ).eval()
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(), unet=unet, scheduler=tiny_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
