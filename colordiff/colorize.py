@@ -114,8 +114,9 @@ def run_colorize(config: ColorizeConfig) -> int:
     for source, relative in collect_inputs(config.inputs, output_dir):
         outputs = output_paths(output_dir, relative, config.num_samples)
         if outputs[0] in owner:  # e.g. photo.bmp and photo.png both become photo.png
-            _report(f"{source}: output {outputs[0]} would overwrite the output of {owner[outputs[0]]}; skipped")
-            failed += 1
+            if state.is_main_process:  # every process plans the same jobs: one of them reports
+                _report(f"{source}: output {outputs[0]} would overwrite the output of {owner[outputs[0]]}; skipped")
+                failed += 1
             continue
         owner[outputs[0]] = source
         jobs.append(Job(source, relative, outputs))

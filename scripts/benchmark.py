@@ -5,7 +5,7 @@ process. Random weights: timing does not depend on them. Not a test: it prints m
 JSON object (the run with the worst ratio at top level, every run under "runs").
 
     python scripts/benchmark.py                                   # tiny models on the CPU
-    python scripts/benchmark.py --config configs/benchmark/gpu.yaml  # SD1.5 sizes, bf16, 512^2, 50 steps, batch 1 and 16
+    python scripts/benchmark.py --config configs/benchmark/gpu.yaml  # SD1.5 sizes, bf16, 512^2, 50 steps
 """
 
 from __future__ import annotations
@@ -82,26 +82,35 @@ def build(config: BenchmarkConfig, device: torch.device, dtype: torch.dtype):
     return ours, baseline
 
 
+def measure(ours, baseline, config: BenchmarkConfig, batch: int, device: torch.device) -> dict:
+    """Seconds per image of both pipelines at one batch size."""
+    images = _inputs(batch, config.resolution)
+    prompts = [config.prompt] * batch
+
+    def generators():
+        return [torch.Generator().manual_seed(i) for i in range(batch)]
+
+    def run_ours():
+        ours(images, prompt=prompts, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
+             generator=generators(), resolution=config.resolution, output_type="np")
+
+    def run_baseline():
+        baseline(prompt=prompts, image=images, strength=1.0, num_inference_steps=config.steps,
+                 guidance_scale=config.guidance_scale, generator=generators(), output_type="np")
+
+    ours_s, base_s = _time_interleaved([run_ours, run_baseline], device, config.warmup, config.repeats)
+    print(f"batch {batch:3d}: ours {ours_s / batch:8.4f} s/img   img2img {base_s / batch:8.4f} s/img   "
+          f"ratio {ours_s / base_s:.3f}", flush=True)
+    return {"batch_size": batch, "ours_s_per_image": ours_s / batch, "baseline_s_per_image": base_s / batch,
+            "ratio": ours_s / base_s}
+
+
 def run(config: BenchmarkConfig) -> dict:
     device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if config.device == "auto" else config.device))
     dtype = DTYPES[config.dtype]
     ours, baseline = build(config, device, dtype)
-    runs = []
-    for batch in config.batch_sizes:
-        images = _inputs(batch, config.resolution)
-        prompts = [config.prompt] * batch
-        gens = lambda: [torch.Generator().manual_seed(i) for i in range(batch)]  # noqa: E731
-        ours_s, base_s = _time_interleaved([
-            lambda: ours(images, prompt=prompts, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
-                         generator=gens(), resolution=config.resolution, output_type="np"),
-            lambda: baseline(prompt=prompts, image=images, strength=1.0, num_inference_steps=config.steps,
-                             guidance_scale=config.guidance_scale, generator=gens(), output_type="np"),
-        ], device, config.warmup, config.repeats)
-        runs.append({"batch_size": batch, "ours_s_per_image": ours_s / batch, "baseline_s_per_image": base_s / batch,
-                     "ratio": ours_s / base_s})
-        print(f"batch {batch:3d}: ours {ours_s / batch:8.4f} s/img   img2img {base_s / batch:8.4f} s/img   "
-              f"ratio {ours_s / base_s:.3f}", flush=True)
+    runs = [measure(ours, baseline, config, batch, device) for batch in config.batch_sizes]
     worst = max(runs, key=lambda r: r["ratio"])
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
     return {**worst, "device": str(device), "hardware": hardware, "threads": torch.get_num_threads(),

@@ -138,12 +138,9 @@ class ColorDiffPipeline(DiffusionPipeline):
 
         device = self._execution_device  # color math runs there too: one upload per image, no round trips
         luminance = [split_luminance(to_rgb_tensor(im).to(device)[None])[0] for im in images]  # B x (1, 1, H, W)
-        groups = defaultdict(list)  # images sharing a working size run as one batch
-        for i, lum in enumerate(luminance):
-            groups[working_size(*lum.shape[-2:], resolution, self.size_multiple)].append(i)
-
         results: list = [None] * len(images)
-        for size, indices in groups.items():
+        sizes = [working_size(*lum.shape[-2:], resolution, self.size_multiple) for lum in luminance]
+        for size, indices in _group_indices(sizes).items():  # images sharing a working size run as one batch
             colored = self._colorize_batch(
                 [luminance[i] for i in indices], size, [prompts[i] for i in indices], negative_prompt,
                 [generators[i] for i in indices], num_inference_steps, guidance_scale, keep_luminance,
@@ -172,16 +169,24 @@ class ColorDiffPipeline(DiffusionPipeline):
                 num_inference_steps=steps, guidance_scale=guidance, on_step=lambda step, z: bar.update(),
             )
         decoded = self.decode(latents, features)  # (B, 3, h, w)
+        if not keep_luminance:
+            return [resize(rgb[None], tuple(lum.shape[-2:]))[0] for lum, rgb in zip(luminance, decoded, strict=True)]
 
-        outputs = []
-        for lum, rgb in zip(luminance, decoded, strict=True):
-            full_size = tuple(lum.shape[-2:])
-            if keep_luminance:
-                _, ab = split_luminance(rgb[None])  # (1, 2, h, w)
-                outputs.append(merge_luminance(lum, ab)[0])
-            else:
-                outputs.append(resize(rgb[None], full_size)[0].clamp(0.0, 1.0))
+        _, ab = split_luminance(decoded)  # (B, 2, h, w)
+        outputs: list = [None] * len(luminance)
+        for indices in _group_indices([tuple(lum.shape[-2:]) for lum in luminance]).values():  # one batch per size
+            merged = merge_luminance(torch.cat([luminance[i] for i in indices]), ab[indices])  # (b, 3, H, W)
+            for i, rgb in zip(indices, merged, strict=True):
+                outputs[i] = rgb
         return outputs
+
+
+def _group_indices(keys: list) -> dict:
+    """{key: [indices of the items with that key]}, keys in first-seen order."""
+    groups = defaultdict(list)
+    for i, key in enumerate(keys):
+        groups[key].append(i)
+    return groups
 
 
 def _per_image(value: str | list[str], count: int, name: str) -> list[str]:
