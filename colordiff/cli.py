@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--local-files-only", action="store_true", help="never contact the hub for --base")
     init.add_argument("--seed", type=int, default=0, help="--tiny: the random initialisation")
     init.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    merge = commands.add_parser("merge-decoder", help="put a trained luminance-aware decoder into a model folder")
+    merge.add_argument("model", metavar="MODEL", help="model folder (e.g. the trained U-Net's output_dir/model)")
+    merge.add_argument("decoder_model", metavar="DECODER_MODEL", help="model folder holding the trained decoder")
+    merge.add_argument("-o", "--output", required=True, help="the merged model folder to write")
     return parser
 
 
@@ -127,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
             return run_init_model(args.output, tiny=args.tiny, base=BASE_MODELS.get(args.base, args.base),
                                   dtype=args.dtype, local_files_only=args.local_files_only, seed=args.seed,
                                   overwrite=args.overwrite)
+        if args.command == "merge-decoder":
+            from colordiff.pipelines.assemble import merge_decoder
+
+            try:
+                print(f"colordiff: wrote {merge_decoder(args.model, args.decoder_model, args.output)}", file=sys.stderr)
+            except (OSError, ValueError) as err:
+                raise UsageError(str(err).strip().splitlines()[0]) from None
+            return EXIT_OK
     except (ConfigError, UsageError) as err:
         print(f"colordiff: error: {err}", file=sys.stderr)
         return EXIT_USAGE

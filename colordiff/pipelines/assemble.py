@@ -1,0 +1,29 @@
+"""Combining separately trained parts into one model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from colordiff.models import LuminanceAwareAutoencoderKL
+from colordiff.pipelines.registry import load_pipeline
+
+
+def merge_decoder(model: str | Path, decoder_model: str | Path, output: str | Path, **hub_kwargs) -> Path:
+    """`model` with the luminance-aware VAE of `decoder_model` (both model folders or hub ids) -> `output`.
+
+    The usual order of paper 000: train the U-Net, train the decoder, then merge the decoder into the U-Net's folder.
+    Both VAEs must share the frozen encoder (the latent space the U-Net was trained in): checked, not assumed.
+    """
+    from colordiff.colorize import save_pipeline_atomically
+
+    pipe = load_pipeline(model, **hub_kwargs)
+    vae = LuminanceAwareAutoencoderKL.from_pretrained(str(decoder_model), subfolder="vae", use_safetensors=True,
+                                                      **hub_kwargs)
+    theirs, ours = vae.state_dict(), pipe.vae.state_dict()
+    differing = [k for k in ours if k.startswith(("encoder.", "quant_conv.")) and not ours[k].equal(theirs[k])]
+    if differing:
+        raise ValueError(f"{decoder_model}: its VAE encoder differs from {model}'s ({differing[0]} and "
+                         f"{len(differing) - 1} more): the decoder was trained for another latent space")
+    pipe.vae = vae
+    save_pipeline_atomically(pipe, Path(output))
+    return Path(output)

@@ -1,0 +1,1 @@
+"""What the training scripts share: config schema, accelerate loop, checkpoints, losses, validation."""

@@ -1,0 +1,136 @@
+"""Pieces both ColorDiff training tasks use: the base model, the dataset, the validation grid."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from PIL import Image
+
+from colordiff.color import rgb_to_gray
+from colordiff.data import ColorizationDataset, Example, list_images, load_captions, screen_images, text_for
+from colordiff.io import ImageReadError, atomic_write, is_image_path, read_image
+from colordiff.latents import LatentCacheDataset, read_index
+from colordiff.pipelines import ColorDiffPipeline, load_pipeline
+from colordiff.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def place(module, device, dtype=None):
+    """Move a module, casting only when the dtype really changes (diffusers warns on every cast)."""
+    module.to(device)
+    if dtype is not None and module.dtype != dtype:
+        module.to(dtype=dtype)
+    return module
+
+
+def load_base_pipeline(config: TrainConfig) -> ColorDiffPipeline:
+    """A ColorDiff model folder / hub id as it is, or Stable Diffusion 1.5 weights turned into an untrained one."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    source = config.pretrained_model_name_or_path
+    try:
+        return load_pipeline(source, local_files_only=config.local_files_only)
+    except ValueError as err:
+        if "names pipeline" not in str(err):  # a model folder of another pipeline: assume SD1.5 layout
+            raise
+    return ColorDiffPipeline.from_stable_diffusion(source, local_files_only=config.local_files_only)
+
+
+def export_pipeline(pipe: ColorDiffPipeline, path: Path) -> None:
+    """The final model folder: float32 weights on the CPU, written atomically (loadable by colordiff colorize)."""
+    from colordiff.colorize import save_pipeline_atomically
+
+    for part in (pipe.vae, pipe.unet, pipe.text_encoder):
+        place(part, "cpu", torch.float32)
+    save_pipeline_atomically(pipe, path)
+
+
+def screened_examples(config: TrainConfig, accelerator: Accelerator) -> list[Example]:
+    """List and screen the training images once (main process), cached in output_dir for the other processes and
+    for resumed runs; drops already-grayscale and unreadable files, counted and logged."""
+    items = list_images(config.train_data_dir, config.train_file_list)
+    listing = hashlib.sha256("\n".join(rel for _, rel in items).encode()).hexdigest()
+    cache = Path(config.output_dir) / "screened_images.json"
+    with accelerator.main_process_first():
+        record = json.loads(cache.read_text()) if cache.is_file() else None
+        if record is None or record["listing"] != listing or record["min_chroma"] != config.min_chroma:
+            kept, gray, bad = screen_images(items, config.min_chroma, config.max_pixels)
+            record = {"listing": listing, "min_chroma": config.min_chroma, "kept": [rel for _, rel in kept],
+                      "gray": len(gray), "unreadable": [str(path) for path, _ in bad]}
+            if accelerator.is_main_process:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_write(cache) as tmp:
+                    tmp.write_text(json.dumps(record))
+    message = (f"training images: {len(items)} listed, {len(record['kept'])} kept, {record['gray']} dropped as "
+               f"already grayscale (mean chroma < {config.min_chroma}), {len(record['unreadable'])} unreadable")
+    logger.info(message)
+    if accelerator.is_main_process:
+        accelerator.print(message)
+    paths = dict((rel, path) for path, rel in items)
+    text_of = text_function(config)
+    return [Example(paths[rel], rel, text_of(rel)) for rel in record["kept"]]
+
+
+def text_function(config: TrainConfig):
+    """relative key -> the text condition, per config.text_source."""
+    captions = load_captions(config.caption_file, config.caption_key) if config.text_source == "captions" else None
+    return lambda relative: text_for(relative, config.text_source, captions)
+
+
+def build_dataset(config: TrainConfig, accelerator: Accelerator) -> ColorizationDataset:
+    """The screened training images with their texts, cropped and flipped per config."""
+    return ColorizationDataset(screened_examples(config, accelerator), config.resolution, seed=config.seed,
+                               center_crop=config.center_crop, random_flip=config.random_flip,
+                               max_pixels=config.max_pixels)
+
+
+def latent_dataset(config) -> LatentCacheDataset:
+    """Training rows from a precomputed latent cache, checked against the training resolution."""
+    info = read_index(config.latents_cache)
+    if info["resolution"] != config.resolution:
+        raise ValueError(f"{config.latents_cache}: cached at {info['resolution']} px, training at {config.resolution}")
+    return LatentCacheDataset(config.latents_cache, text_function(config), seed=config.seed,
+                              random_flip=config.random_flip)
+
+
+def validation_files(config: TrainConfig, limit: int = 8) -> list[Path]:
+    files = []
+    for name in config.validation_images:
+        path = Path(name)
+        files += sorted(p for p in path.rglob("*") if is_image_path(p)) if path.is_dir() else [path]
+    return files[:limit]
+
+
+@torch.no_grad()
+def validation_grid(pipe: ColorDiffPipeline, config: TrainConfig) -> Image.Image | None:
+    """Rows of (gray input | colorized | original), each image at resolution x resolution, for the logs."""
+    images = []
+    for path in validation_files(config):
+        try:
+            images.append(read_image(path).rgb)
+        except ImageReadError as err:
+            logger.warning("validation image skipped: %s", err)
+    if not images:
+        return None
+    pipe.set_progress_bar_config(disable=True)
+    size = config.resolution
+    squares = [np.asarray(Image.fromarray((im * 255).round().astype(np.uint8)).resize((size, size))) for im in images]
+    colorized = pipe(squares, num_inference_steps=config.validation_inference_steps,
+                     guidance_scale=config.validation_guidance_scale, resolution=size, output_type="np",
+                     generator=[torch.Generator().manual_seed(i) for i in range(len(squares))]).images
+    rows = []
+    for square, result in zip(squares, colorized, strict=True):
+        original = square.astype(np.float32) / 255
+        gray = rgb_to_gray(torch.from_numpy(original).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+        rows.append(np.concatenate([gray, result, original], axis=1))
+    return Image.fromarray((np.concatenate(rows, axis=0) * 255).round().astype(np.uint8))

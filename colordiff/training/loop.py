@@ -1,0 +1,259 @@
+"""The accelerate training loop shared by every training script.
+
+A task (see `TrainingTask`) owns the models and the loss math; this loop owns the rest: mixed precision, gradient
+accumulation, checkpoints that resume exactly (model, optimizer, LR scheduler, RNG states, EMA and data position),
+NaN stops, logging, validation and the final model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from colordiff.config import to_yaml
+from colordiff.data import EpochShuffleSampler, collate
+from colordiff.io import write_image
+from colordiff.training.checkpoint import publish, resolve_resume, rotate_checkpoints, staging_dir
+from colordiff.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: training stops before the bad update touches the weights."""
+
+
+class TrainingTask(Protocol):
+    dataset: Dataset
+
+    def trainable(self) -> dict[str, nn.Module]:
+        """The modules that train (wrapped by accelerate); everything else the task keeps frozen."""
+
+    def loss(self, modules: dict[str, nn.Module], batch: dict) -> torch.Tensor:
+        """The training loss of one batch."""
+
+    def validate(self, modules: dict[str, nn.Module], config: TrainConfig):
+        """Colorize the validation images through the real pipeline: a grid image (PIL), or None."""
+
+    def export(self, modules: dict[str, nn.Module], path: Path) -> None:
+        """Write the final model folder (loadable by `colordiff colorize --model`)."""
+
+
+class EMA:
+    """Exponential moving average of named parameters (decay warm-up (1 + n) / (10 + n), as diffusers' EMAModel);
+    saved as safetensors keyed by parameter name."""
+
+    def __init__(self, named_parameters: list[tuple[str, nn.Parameter]], decay: float):
+        self.names = [name for name, _ in named_parameters]
+        self.parameters = [p for _, p in named_parameters]
+        self.shadow = [p.detach().float().clone() for p in self.parameters]
+        self.decay, self.num_updates = decay, 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.num_updates += 1
+        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.parameters], 1.0 - decay)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the live weights and the averages (call twice to restore)."""
+        for p, s in zip(self.parameters, self.shadow, strict=True):
+            live = p.detach().clone()
+            p.copy_(s.to(p.dtype))
+            s.copy_(live.float())
+
+    def save(self, folder: Path) -> None:
+        save_file({n: s.contiguous() for n, s in zip(self.names, self.shadow, strict=True)}, folder / "ema.safetensors",
+                  metadata={"num_updates": str(self.num_updates), "decay": str(self.decay)})
+
+    def load(self, folder: Path) -> None:
+        tensors = load_file(folder / "ema.safetensors")
+        for name, s in zip(self.names, self.shadow, strict=True):
+            s.copy_(tensors[name])
+        with safe_open(folder / "ema.safetensors", "pt") as f:
+            self.num_updates = int(f.metadata()["num_updates"])
+
+
+def _accelerator_available() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    output = Path(config.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
+        cpu=not _accelerator_available(),  # without it, CPU processes launched together would not join up
+    )
+    set_seed(config.seed)  # any random initialisation in the task (new layers, random LPIPS) is reproducible
+    if config.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return accelerator
+
+
+def _all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
+    bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
+    return accelerator.reduce(bad, reduction="sum").item() == 0  # every process stops together
+
+
+def train(config: TrainConfig, task: TrainingTask, accelerator: Accelerator) -> Path:
+    """Run the loop to `max_train_steps`; returns the final model folder (output_dir/model)."""
+    output = Path(config.output_dir)
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.yaml").write_text(to_yaml(config))
+    set_seed(config.seed, device_specific=True)  # noise and dropout differ per process, data order does not
+
+    modules = task.trainable()
+    named = [(f"{name}.{pn}", p) for name, m in modules.items() for pn, p in m.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    sampler = EpochShuffleSampler(len(task.dataset), config.seed)
+    loader = DataLoader(task.dataset, batch_size=config.train_batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=config.dataloader_num_workers, drop_last=False,
+                        generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
+    # accelerate steps a prepared LR scheduler once per process per update: scale its horizon to match
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer,
+                                 num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=config.max_train_steps * accelerator.num_processes)
+    names = list(modules)
+    *prepared, optimizer, loader, lr_scheduler = accelerator.prepare(*modules.values(), optimizer, loader,
+                                                                     lr_scheduler)
+    modules = dict(zip(names, prepared, strict=True))
+    ema = EMA(named, config.ema_decay) if config.use_ema else None
+
+    global_step = 0
+    resume = resolve_resume(output, config.resume_from_checkpoint)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        global_step = int(json.loads((resume / "training_state.json").read_text())["global_step"])
+        if ema is not None:
+            ema.load(resume)
+        logger.info("resumed from %s at step %d", resume, global_step)
+    if accelerator.is_main_process and config.report_to != "none":
+        accelerator.init_trackers("colordiff", config={k: str(v) for k, v in asdict(config).items()})
+
+    updates_per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
+    first_epoch = global_step // updates_per_epoch
+    skip_batches = (global_step % updates_per_epoch) * config.gradient_accumulation_steps
+    num_epochs = math.ceil(config.max_train_steps / updates_per_epoch)
+    indices_log = (output / f"sample_indices.rank{accelerator.process_index}.jsonl"
+                   if config.log_sample_indices else None)
+
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= config.max_train_steps:
+            break
+        batches = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch else loader
+        # accelerate's loaders push their own epoch counter into the sampler and dataset when iterated: set theirs
+        batches.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        task.dataset.set_epoch(epoch)
+        for batch in batches:
+            with accelerator.accumulate(*modules.values()):
+                loss = task.loss(modules, batch)
+                if not _all_finite(accelerator, loss):
+                    last = resolve_resume(output, "latest")
+                    raise TrainingDiverged(f"loss is {loss.item()} at step {global_step + 1}: training stopped; "
+                                           f"last good checkpoint: {last or 'none yet'}")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if indices_log is not None:
+                with indices_log.open("a") as f:
+                    f.write(json.dumps({"step": global_step + 1, "index": batch["index"].tolist()}) + "\n")
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            if ema is not None:
+                ema.update()
+            _log(accelerator, output, global_step, loss, lr_scheduler.get_last_lr()[0])
+            done = global_step >= config.max_train_steps
+            if global_step % config.checkpointing_steps == 0 or done:
+                save_checkpoint(accelerator, config, global_step, ema)
+            if config.validation_images and (global_step % config.validation_steps == 0 or done):
+                _validate(accelerator, task, modules, config, global_step, ema)
+            if done:
+                break
+        skip_batches = 0
+
+    accelerator.wait_for_everyone()
+    final = output / "model"
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.swap()  # export the averaged weights
+        task.export({k: accelerator.unwrap_model(m) for k, m in modules.items()}, final)
+        if ema is not None:
+            ema.swap()
+    accelerator.end_training()
+    return final
+
+
+def save_checkpoint(accelerator: Accelerator, config: TrainConfig, step: int, ema: EMA | None) -> None:
+    """accelerate's save_state into checkpoint-<step>.tmp, then renamed: a checkpoint is whole or absent."""
+    staging = staging_dir(config.output_dir, step)
+    if accelerator.is_main_process:
+        rotate_checkpoints(config.output_dir, config.checkpoints_total_limit)
+        if staging.exists():
+            shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging), safe_serialization=True)
+    if accelerator.is_main_process:
+        (staging / "training_state.json").write_text(json.dumps({"global_step": step}))
+        if ema is not None:
+            ema.save(staging)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        publish(staging)
+    accelerator.wait_for_everyone()
+
+
+def _log(accelerator: Accelerator, output: Path, step: int, loss: torch.Tensor, lr: float) -> None:
+    mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+    if accelerator.is_main_process:
+        with (output / "train_log.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr}) + "\n")
+    accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=step)
+
+
+def _validate(accelerator: Accelerator, task: TrainingTask, modules, config: TrainConfig, step: int, ema) -> None:
+    """Colorize the validation images with the current (EMA, if kept) weights; save and log the grid."""
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.swap()
+        unwrapped = {k: accelerator.unwrap_model(m) for k, m in modules.items()}
+        cuda = [accelerator.device] if accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # validation must not shift the training RNG
+            grid = task.validate(unwrapped, config)
+        if ema is not None:
+            ema.swap()
+        if grid is not None:
+            path = Path(config.output_dir) / "validation" / f"step-{step:07d}.png"
+            array = np.asarray(grid)
+            write_image(path, array)
+            for tracker in accelerator.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_image("validation", array, step, dataformats="HWC")
+    accelerator.wait_for_everyone()

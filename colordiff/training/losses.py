@@ -1,0 +1,53 @@
+"""Training losses of ColorDiff (paper 000): Eq.2 for the U-Net, Eq.7 for the luminance-aware decoder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from safetensors.torch import load_file
+from torch import nn
+
+
+def diffusion_loss(unet, noise_scheduler: DDPMScheduler, latents: torch.Tensor, condition_latents: torch.Tensor,
+                   text_embeds: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Eq.2: E || eps - eps_theta(z_t, t, z_c, c) ||^2 (the v target instead for v-prediction schedules).
+
+    latents z (B, 4, h, w) of the color image, condition_latents z_c of the gray image, text_embeds c (B, L, d).
+    """
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)  # z_t
+    if noise_scheduler.config.prediction_type == "epsilon":
+        target = noise
+    elif noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"unsupported prediction_type {noise_scheduler.config.prediction_type!r}")
+    prediction = unet(noisy, timesteps, text_embeds, condition_latents=condition_latents).sample
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def decoder_loss(decoded: torch.Tensor, target: torch.Tensor, perceptual: nn.Module | None,
+                 perceptual_weight: float) -> torch.Tensor:
+    """Eq.7: L = L_2 + lambda_p L_p, images (B, 3, H, W) in [-1, 1], L_p = LPIPS(VGG)."""
+    loss = F.mse_loss(decoded.float(), target.float())
+    if perceptual is not None and perceptual_weight > 0:
+        loss = loss + perceptual_weight * perceptual(decoded.float(), target.float()).mean()
+    return loss
+
+
+def build_perceptual(weights: str) -> nn.Module:
+    """LPIPS with a VGG16 trunk (Eq.7's perceptual loss), frozen.
+
+    weights: "random" (tests: no file is read), "package" (lpips' calibrated linear layers shipped with the package
+    plus torchvision's ImageNet VGG16, which torchvision downloads once when online), or a path to a safetensors
+    file holding the whole LPIPS state dict (offline use; scripts/export_lpips.py writes one).
+    """
+    import lpips
+
+    if weights == "package":
+        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=False, verbose=False)
+    else:
+        model = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
+        if weights != "random":
+            model.load_state_dict(load_file(weights), strict=True)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,94 @@
+"""Training ColorDiff's concat U-Net with the Eq.2 loss (paper 000, section 4.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from torch import nn
+
+from colordiff.latents import encode_moments
+from colordiff.training.common import (
+    build_dataset,
+    export_pipeline,
+    latent_dataset,
+    load_base_pipeline,
+    place,
+    validation_grid,
+)
+from colordiff.training.config import TrainConfig
+from colordiff.training.loop import make_accelerator, train
+from colordiff.training.losses import diffusion_loss
+
+
+@dataclass
+class TrainUNetConfig(TrainConfig):
+    output_dir: str = "outputs/train_unet"
+    conditioning_dropout: float = 0.05  # probability of training on the empty prompt (classifier-free guidance)
+    latents_cache: str | None = None  # precomputed VAE latents (scripts/precompute_latents.py): no VAE per step
+    latents_dtype: str = "float16"  # storage dtype of a cache written by scripts/precompute_latents.py
+    latents_shard_size: int = 1024  # images per cache shard
+
+
+class UNetTask:
+    """Trainable: the U-Net with its 1x1 fuse conv. Frozen: the VAE and the CLIP text encoder."""
+
+    def __init__(self, config: TrainUNetConfig, accelerator):
+        self.config, self.accelerator = config, accelerator
+        self.pipe = load_base_pipeline(config)
+        self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+        for frozen in (self.pipe.vae, self.pipe.text_encoder):  # frozen parts run in the mixed-precision dtype
+            place(frozen.requires_grad_(False).eval(), accelerator.device, weight_dtype)
+        self.weight_dtype = weight_dtype
+        unet = self.pipe.unet.train()
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        if config.latents_cache:  # the VAE stays loaded for validation, but no step encodes with it
+            self.dataset = latent_dataset(config)
+        else:
+            self.dataset = build_dataset(config, accelerator)
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"unet": self.pipe.unet}
+
+    def loss(self, modules: dict[str, nn.Module], batch: dict) -> torch.Tensor:
+        device, vae = self.accelerator.device, self.pipe.vae
+        if "color_moments" in batch:  # precomputed: the same moments encode_moments gives, read from the cache
+            moments, gray = batch["color_moments"].to(device), batch["gray_latents"].to(device)
+        else:
+            color = batch["pixel_values"].to(device, self.weight_dtype)  # (B, 3, H, W)
+            moments, gray = encode_moments(vae, color, batch["gray_values"].to(device, self.weight_dtype))
+        batch_size = moments.shape[0]
+        scale = vae.config.scaling_factor
+        with torch.no_grad():
+            latents = DiagonalGaussianDistribution(moments.float()).sample() * scale  # z ~ q(z | x) (B, 4, h, w)
+            condition = gray.float() * scale  # z_c: the gray image's posterior mode, as at inference
+            drop = torch.rand(batch_size) < self.config.conditioning_dropout
+            prompts = ["" if d else text for d, text in zip(drop.tolist(), batch["text"], strict=True)]
+            text_embeds = self.pipe.encode_prompt(prompts).float()  # (B, L, d)
+        noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)  # by shape, not layout
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch_size,), device=device)
+        return diffusion_loss(modules["unet"], self.noise_scheduler, latents, condition, text_embeds, noise, timesteps)
+
+    def validate(self, modules: dict[str, nn.Module], config: TrainConfig):
+        pipe = self._pipeline(modules)
+        return validation_grid(pipe, config)
+
+    def export(self, modules: dict[str, nn.Module], path: Path) -> None:
+        pipe = self._pipeline(modules)
+        export_pipeline(pipe, path)
+
+    def _pipeline(self, modules):
+        from colordiff.pipelines import ColorDiffPipeline
+
+        return ColorDiffPipeline(vae=self.pipe.vae, unet=modules["unet"], text_encoder=self.pipe.text_encoder,
+                                 tokenizer=self.pipe.tokenizer, scheduler=self.pipe.scheduler)
+
+
+def main(config: TrainUNetConfig) -> Path:
+    accelerator = make_accelerator(config)
+    return train(config, UNetTask(config, accelerator), accelerator)

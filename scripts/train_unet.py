@@ -1,0 +1,12 @@
+"""Train ColorDiff's concat U-Net (paper 000, Eq.2).
+
+    accelerate launch scripts/train_unet.py --config configs/colordiff/unet.yaml [key=value ...]
+"""
+
+import sys
+
+from colordiff.training.cli import run_script
+from colordiff.training.unet import TrainUNetConfig, main
+
+if __name__ == "__main__":
+    sys.exit(run_script(TrainUNetConfig, main, __doc__))
