@@ -30,13 +30,17 @@ class ColorizeConfig:
     num_samples: int = 1
     resolution: int = 512
     batch_size: int = 4  # images (files x samples) per U-Net batch
-    prompt: str | None = None  # None: no text prior (empty prompt)
+    prompt: str | None = None  # None: the automatic text (category + caption priors), "" without them
     keep_luminance: bool = True
     device: str = "auto"  # auto: this process's accelerator, else cpu
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 otherwise; or float32 / float16 / bfloat16
     overwrite: bool = False
     max_pixels: int = 100_000_000  # decompression-bomb guard for inputs
     local_files_only: bool = False  # never contact the hub for --model
+    priors: str = "auto"  # auto (those the model records) | none | all | caption,category,segmentation (any subset)
+    seg_strength: float = 0.3  # segmentation guidance strength s (paper 000: 0.3); 0 turns it off
+    save_priors: bool = False  # write OUT/<name>.priors.json per input: caption, category, prompt, instances
+    priors_config: str | None = None  # YAML naming the prior generators; None: the model's semantic_priors.yaml
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     colorize.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
     colorize.add_argument("--overwrite", action="store_true", default=None, help="recompute finished outputs")
     colorize.add_argument("--local-files-only", dest="local_files_only", action="store_true", default=None)
+    colorize.add_argument("--priors", choices=["auto", "none", "caption", "category", "segmentation", "all"],
+                          help="semantic priors from the generators the model records (default auto: all of them)")
+    colorize.add_argument("--seg-strength", dest="seg_strength", type=float, help="segmentation guidance s in [0, 1]")
+    colorize.add_argument("--save-priors", dest="save_priors", action="store_true", default=None,
+                          help="write a JSON sidecar per input (caption, category, prompt, instances with masks)")
 
     init = commands.add_parser("init-model", help="write an untrained ColorDiff model folder")
     init.add_argument("output", metavar="OUT", help="model folder to create")
@@ -75,6 +84,29 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--local-files-only", action="store_true", help="never contact the hub for --base")
     init.add_argument("--seed", type=int, default=0, help="--tiny: the random initialisation")
     init.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    init.add_argument("--method", choices=["colordiff", "seada"], default="colordiff",
+                      help="which model: ColorDiff (paper 000) or SeAda (paper 001)")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a folder of colorized images against ground truths (colorfulness, ΔCF, PSNR, FID, ...)",
+        description="Pair PRED and GT files by relative path (extension-insensitive) and compute the metrics; "
+        "see EvalConfig in colordiff/evaluate.py for the keys that positional key=value arguments override.",
+    )
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    evaluate.add_argument("--pred", help="folder of predictions")
+    evaluate.add_argument("--gt", help="folder of ground truths")
+    evaluate.add_argument("--metrics", nargs="+", help="colorfulness (with delta_cf), psnr, ssim, lpips, fid")
+    evaluate.add_argument("--json", help="write the results here (they are printed either way)")
+    evaluate.add_argument("--csv", help="write per-image metrics here")
+    evaluate.add_argument("--config", action="append", default=[], help="YAML settings (repeatable)")
+    evaluate.add_argument("--fid-weights", dest="fid_weights", help="local Inception weights file for FID")
+    evaluate.add_argument("--fid-variant", dest="fid_variant", help="fidelity (standard FID) or torchvision (CT2)")
+    evaluate.add_argument("--size", type=int, help="evaluation size (protocol.size; 0 = native)")
+    evaluate.add_argument("--crop", choices=["center", "stretch"], help="protocol.crop")
+    evaluate.add_argument("--on-size-mismatch", dest="on_size_mismatch", choices=["error", "resize"])
+    evaluate.add_argument("--batch-size", dest="batch_size", type=int)
+    evaluate.add_argument("--device")
     merge = commands.add_parser("merge-decoder", help="put a trained luminance-aware decoder into a model folder")
     merge.add_argument("model", metavar="MODEL", help="model folder (e.g. the trained U-Net's output_dir/model)")
     merge.add_argument("decoder_model", metavar="DECODER_MODEL", help="model folder holding the trained decoder")
@@ -130,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_init_model(args.output, tiny=args.tiny, base=BASE_MODELS.get(args.base, args.base),
                                   dtype=args.dtype, local_files_only=args.local_files_only, seed=args.seed,
-                                  overwrite=args.overwrite)
+                                  overwrite=args.overwrite, method=args.method)
+        if args.command == "evaluate":
+            from colordiff.evaluate import evaluate_config, run_evaluate
+
+            return run_evaluate(evaluate_config(args))
         if args.command == "merge-decoder":
             from colordiff.pipelines.assemble import merge_decoder
 

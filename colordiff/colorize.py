@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -15,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from colordiff.cli import EXIT_FAILURES, EXIT_OK, ColorizeConfig, UsageError
-from colordiff.io import ImageReadError, is_image_path, output_suffix, read_image, write_image
+from colordiff.io import ImageReadError, atomic_write, is_image_path, output_suffix, read_image, write_image
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
@@ -28,6 +29,11 @@ class Job:
     source: Path
     relative: Path
     outputs: list[Path]
+
+    @property
+    def priors_path(self) -> Path:
+        """The --save-priors sidecar: OUT/<relative folder>/<stem>.priors.json, one per input (not per sample)."""
+        return self.outputs[0].parent / f"{self.relative.stem}.priors.json"
 
 
 # -- planning -----------------------------------------------------------------------------------------------------
@@ -99,6 +105,24 @@ def load_model(config: ColorizeConfig, device: torch.device, dtype: torch.dtype)
     return pipe.to(device)
 
 
+def prepare_priors(pipe, config: ColorizeConfig, device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
+    """The prior kinds this run computes, their generators loaded now: a missing or broken one is a usage error
+    before any file is processed. A --prompt replaces caption and category, so only segmentation remains."""
+    from colordiff.semantics import PriorGenerators
+
+    try:
+        if config.priors_config is not None:
+            pipe.prior_generators = PriorGenerators.from_file(config.priors_config, config.local_files_only)
+        kinds = pipe.resolve_priors(config.priors)
+        if config.prompt is not None:
+            kinds = tuple(k for k in kinds if k == "segmentation")
+        for kind in kinds:
+            pipe.prior_generators.generator(kind, device, dtype)
+    except ValueError as err:  # ConfigError, PriorGeneratorError and missing generators are ValueErrors
+        raise UsageError(_first_line(err)) from None
+    return kinds
+
+
 def run_colorize(config: ColorizeConfig) -> int:
     """Colorize every input into config.output_dir; returns the exit status (0 all done, 1 some file failed)."""
     from accelerate import PartialState
@@ -109,6 +133,8 @@ def run_colorize(config: ColorizeConfig) -> int:
     output_dir = Path(config.output_dir)
     if config.num_samples < 1 or config.batch_size < 1 or config.steps < 1:
         raise UsageError("num_samples, batch_size and steps must be at least 1")
+    if not 0.0 <= config.seg_strength <= 1.0:
+        raise UsageError(f"seg_strength must be in [0, 1], got {config.seg_strength}")
 
     failed, jobs, owner = 0, [], {}
     for source, relative in collect_inputs(config.inputs, output_dir):
@@ -121,14 +147,17 @@ def run_colorize(config: ColorizeConfig) -> int:
         owner[outputs[0]] = source
         jobs.append(Job(source, relative, outputs))
 
-    todo = [j for j in jobs if config.overwrite or not all(p.is_file() for p in j.outputs)]
+    def finished(job: Job) -> bool:
+        return all(p.is_file() for p in job.outputs) and (not config.save_priors or job.priors_path.is_file())
+
+    todo = [j for j in jobs if config.overwrite or not finished(j)]
     skipped = len(jobs) - len(todo)
     todo = todo[state.process_index :: state.num_processes]  # each process takes every n-th file
     done = 0
     if todo:
         device, dtype = resolve_device_dtype(config.device, config.dtype, state)
         pipe = load_model(config, device, dtype)
-        done, batch_failed = _colorize_jobs(pipe, todo, config)
+        done, batch_failed = _colorize_jobs(pipe, todo, config, prepare_priors(pipe, config, device, dtype))
         failed += batch_failed
 
     where = f" [process {state.process_index + 1}/{state.num_processes}]" if state.num_processes > 1 else ""
@@ -136,7 +165,7 @@ def run_colorize(config: ColorizeConfig) -> int:
     return EXIT_FAILURES if failed else EXIT_OK
 
 
-def _colorize_jobs(pipe, jobs: list[Job], config: ColorizeConfig) -> tuple[int, int]:
+def _colorize_jobs(pipe, jobs: list[Job], config: ColorizeConfig, kinds: tuple[str, ...] = ()) -> tuple[int, int]:
     files_per_batch = max(1, config.batch_size // config.num_samples)
     batches = [jobs[i : i + files_per_batch] for i in range(0, len(jobs), files_per_batch)]
     done = failed = 0
@@ -152,14 +181,17 @@ def _colorize_jobs(pipe, jobs: list[Job], config: ColorizeConfig) -> tuple[int, 
                 except ImageReadError as err:
                     _report(str(err))
                     failed += 1
-            ok, bad = _colorize_batch(pipe, loaded, config)
+            ok, bad = _colorize_batch(pipe, loaded, config, kinds)
             done, failed = done + ok, failed + bad
             bar.update(len(batch))
     return done, failed
 
 
-def _colorize_batch(pipe, loaded, config: ColorizeConfig) -> tuple[int, int]:
-    """Run one batch (every sample of every file in one pipeline call) and write the outputs; (ok, failed)."""
+def _colorize_batch(pipe, loaded, config: ColorizeConfig, kinds: tuple[str, ...] = ()) -> tuple[int, int]:
+    """Run one batch (every sample of every file in one pipeline call) and write the outputs; (ok, failed).
+
+    The priors `kinds` are computed once per file (not per sample) and passed to the pipeline precomputed.
+    """
     if not loaded:
         return 0, 0
     images, generators = [], []
@@ -168,9 +200,13 @@ def _colorize_batch(pipe, loaded, config: ColorizeConfig) -> tuple[int, int]:
             images.append(image.rgb)
             generators.append(torch.Generator("cpu").manual_seed(sample_seed(config.seed, job.relative, sample)))
     try:
-        results = pipe(images, prompt=config.prompt, num_inference_steps=config.steps,
-                       guidance_scale=config.guidance_scale, generator=generators, resolution=config.resolution,
-                       keep_luminance=config.keep_luminance, output_type="np").images
+        file_priors = pipe.compute_priors([image.rgb for _, image in loaded], kinds) if kinds else None
+        priors = [p for p in file_priors for _ in range(config.num_samples)] if file_priors else "none"
+        output = pipe(images, prompt=config.prompt, num_inference_steps=config.steps,
+                      guidance_scale=config.guidance_scale, generator=generators, resolution=config.resolution,
+                      keep_luminance=config.keep_luminance, output_type="np", priors=priors,
+                      seg_strength=config.seg_strength)
+        results = output.images
     except Exception as err:  # noqa: BLE001 - one bad batch must not stop the job
         for job, _ in loaded:
             _report(f"{job.source}: colorization failed: {type(err).__name__}: {_first_line(err)}")
@@ -183,11 +219,24 @@ def _colorize_batch(pipe, loaded, config: ColorizeConfig) -> tuple[int, int]:
             for path, rgb in zip(job.outputs, samples, strict=True):
                 alpha = image.alpha if path.suffix.lower() not in (".jpg", ".jpeg") else None
                 write_image(path, rgb, alpha=alpha)
+            if config.save_priors:
+                used = output.priors[index * config.num_samples] if output.priors else None
+                _write_priors(job, used, config)
             ok += 1
         except (OSError, ValueError) as err:
             _report(f"{job.source}: cannot write output: {_first_line(err)}")
             bad += 1
     return ok, bad
+
+
+def _write_priors(job: Job, priors, config: ColorizeConfig) -> None:
+    """The JSON sidecar of one input, written atomically: the priors used (masks as run lengths) and the prompt."""
+    from colordiff.semantics import ImagePriors
+
+    data = (priors or ImagePriors(extra={"prompt": config.prompt or ""})).to_dict()
+    data.update(source=job.relative.as_posix(), seg_strength=config.seg_strength)
+    with atomic_write(job.priors_path) as tmp:
+        tmp.write_text(json.dumps(data))
 
 
 def _report(message: str) -> None:
@@ -201,26 +250,31 @@ def _first_line(err: Exception) -> str:
 
 # -- init-model -----------------------------------------------------------------------------------------------------
 def run_init_model(output: str, *, tiny: bool, base: str | None, dtype: str, local_files_only: bool, seed: int,
-                   overwrite: bool) -> int:
-    """Write an untrained ColorDiff model folder (tiny random, or assembled from SD1.5) atomically."""
+                   overwrite: bool, method: str = "colordiff") -> int:
+    """Write an untrained ColorDiff or SeAda model folder (tiny random, or assembled from SD1.5) atomically."""
     from colordiff.pipelines import ColorDiffPipeline
-    from colordiff.testing import tiny_colordiff_pipeline
+    from colordiff.pipelines.seada_pipeline import SeAdaPipeline
+    from colordiff.testing import tiny_colordiff_pipeline, tiny_seada_pipeline
 
+    builders = {"colordiff": (tiny_colordiff_pipeline, ColorDiffPipeline, "ColorDiff"),
+                "seada": (tiny_seada_pipeline, SeAdaPipeline, "SeAda")}
+    if method not in builders:
+        raise UsageError(f"unknown method {method!r}; choose colordiff or seada")
+    build_tiny, cls, name = builders[method]
     target = Path(output)
     if target.exists() and not overwrite:
         raise UsageError(f"{target} exists; pass --overwrite to replace it")
     if tiny:
-        pipe = tiny_colordiff_pipeline(seed)
+        pipe = build_tiny(seed)
         if DTYPES[dtype] != torch.float32:
             pipe = pipe.to(dtype=DTYPES[dtype])
     else:
         try:
-            pipe = ColorDiffPipeline.from_stable_diffusion(base, dtype=DTYPES[dtype],
-                                                           local_files_only=local_files_only)
+            pipe = cls.from_stable_diffusion(base, dtype=DTYPES[dtype], local_files_only=local_files_only)
         except (OSError, ValueError) as err:
             raise UsageError(f"cannot load Stable Diffusion weights from {base}: {_first_line(err)}") from None
     save_pipeline_atomically(pipe, target)
-    print(f"colordiff: wrote {'tiny random' if tiny else 'untrained'} ColorDiff model to {target}", file=sys.stderr)
+    print(f"colordiff: wrote {'tiny random' if tiny else 'untrained'} {name} model to {target}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -3,13 +3,20 @@
 ColorDiff's conditional diffusion model (paper 000, Eq.3): z_{t-1} = CDM(z_t, t, z_c, c_t), run with DDIM and
 classifier-free guidance on the text. The grayscale latent z_c is kept in both guidance branches: only the text is
 dropped for the unconditional branch, as in training (conditioning dropout replaces the prompt with "").
+
+Segmentation guidance (Eq.4-5): during the first steps each instance i also predicts z^i_{t-1} from the masked
+condition z_c * M^i and its label L^i, and the step's latent becomes the mask-weighted composite of the image's own
+prediction and its instances' (see `segmentation_composite` for the correction to Eq.5 as printed).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, SchedulerMixin
 
 
@@ -59,18 +66,124 @@ def ddim_sample(
     guidance_scale: float = 7.5,
     eta: float = 0.0,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    segmentation: SegmentationGuidance | None = None,
 ) -> torch.Tensor:
     """Run DDIM from `noise` (B, 4, h, w) to z_0 (Eq.3 at every step); returns the clean latents (B, 4, h, w).
 
     `scheduler` only supplies the configuration: a private DDIMScheduler is built from it, so the caller's object is
     never mutated and the function stays pure. With eta = 0 the trajectory is deterministic given the noise.
+    With `segmentation`, the first `guided_step_count(num_inference_steps, strength)` steps are Eq.4-5 steps.
     """
     ddim = DDIMScheduler.from_config(scheduler.config)
     ddim.set_timesteps(num_inference_steps, device=noise.device)
     latents = noise * ddim.init_noise_sigma
+    guided = 0 if segmentation is None else guided_step_count(num_inference_steps, segmentation.strength)
     for step, t in enumerate(ddim.timesteps):
-        eps = guided_noise_prediction(unet, latents, t, condition_latents, text_embeds, uncond_embeds, guidance_scale)
-        latents = ddim.step(eps, t, latents, eta=eta).prev_sample
+        if step < guided and len(segmentation.owners) > 0:
+            latents = segmentation_guided_step(unet, ddim, t, latents, condition_latents, text_embeds, uncond_embeds,
+                                               guidance_scale, segmentation, eta)
+        else:
+            eps = guided_noise_prediction(unet, latents, t, condition_latents, text_embeds, uncond_embeds,
+                                          guidance_scale)
+            latents = ddim.step(eps, t, latents, eta=eta).prev_sample
         if on_step is not None:
             on_step(step, latents)
     return latents
+
+
+# -- segmentation guidance, Eq.4-5 ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SegmentationGuidance:
+    """The instances of a batch for Eq.4-5, already on the latent grid; K may be 0."""
+
+    masks: torch.Tensor  # (K, 1, h, w) in {0, 1}: M^i, see `masks_to_latent_grid`
+    owners: torch.Tensor  # (K,) long: the batch index of the image each instance belongs to
+    text_embeds: torch.Tensor  # (K, L, d): the CLIP embedding of each instance's label L^i
+    uncond_embeds: torch.Tensor | None  # (K, L, d) negative-prompt embeddings; None: no CFG for the instances
+    strength: float = 0.3  # s in [0, 1]; paper 000 uses 0.3
+
+    def __post_init__(self):
+        k = self.owners.shape[0]
+        if self.masks.ndim != 4 or self.masks.shape[:2] != (k, 1) or self.text_embeds.shape[0] != k:
+            raise ValueError(f"segmentation guidance needs (K, 1, h, w) masks and K embeddings for K = {k} owners, "
+                             f"got masks {tuple(self.masks.shape)} and embeddings {tuple(self.text_embeds.shape)}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"segmentation strength must be in [0, 1], got {self.strength}")
+
+
+def guided_step_count(num_inference_steps: int, strength: float) -> int:
+    """How many of T DDIM steps are guided: those with t > T (1 - s), counting t = T, T-1, ..., 1 (paper 000, 3.3).
+
+    Step k (0-based) has t = T - k, so it is guided iff k < T s: ceil(T s) steps (15 of 50 at s = 0.3). T s is
+    rounded to 9 decimals first so that float noise (50 * 0.3 = 15.000000000000002) does not add a step.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"segmentation strength must be in [0, 1], got {strength}")
+    return min(num_inference_steps, math.ceil(round(num_inference_steps * strength, 9)))
+
+
+def masks_to_latent_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Binary image masks (K, H, W) -> latent-grid masks M^i (K, 1, h, w) in {0, 1}, by the any-pixel rule.
+
+    A latent cell belongs to an instance when any pixel of the image area it covers does (adaptive max pooling).
+    Thin objects (a pole, a railing: narrower than the 8 px a latent cell spans) would vanish under nearest or
+    majority-area resizing; this rule keeps them, at the price of growing masks by at most one cell at their border.
+    """
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (K, H, W), got {tuple(masks.shape)}")
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0, 1, *size), dtype=torch.float32)
+    return F.adaptive_max_pool2d(masks[:, None].float(), size)  # (K, 1, h, w)
+
+
+def segmentation_composite(
+    latents: torch.Tensor, instance_latents: torch.Tensor, masks: torch.Tensor, owners: torch.Tensor,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Eq.5, corrected: z_hat = z (1 - M_any) + M_any * sum_i z^i M^i / max(sum_i M^i, eps), per image.
+
+    As printed, Eq.5 sums k full latents [z (1 - M^i) + z^i M^i], which scales z by k outside the masks. The intended
+    blend keeps the image's own z_{t-1} outside every mask, takes z^i_{t-1} inside instance i's mask, and averages the
+    instances where masks overlap. M_any is the union (max) of an image's masks.
+    latents (B, 4, h, w); instance_latents (K, 4, h, w); masks (K, 1, h, w); owners (K,) -> (B, 4, h, w).
+    """
+    batch = latents.shape[0]
+    grid = (batch, 1, *latents.shape[-2:])
+    weighted = torch.zeros_like(latents).index_add_(0, owners, instance_latents * masks)  # sum_i z^i M^i
+    coverage = latents.new_zeros(grid).index_add_(0, owners, masks.to(latents.dtype))  # sum_i M^i
+    index = owners.view(-1, 1, 1, 1).expand(masks.shape)  # (K, 1, h, w)
+    union = latents.new_zeros(grid).scatter_reduce_(0, index, masks.to(latents.dtype), "amax")  # M_any
+    return latents * (1 - union) + union * weighted / coverage.clamp_min(eps)
+
+
+def segmentation_guided_step(
+    unet: Callable,
+    ddim: DDIMScheduler,
+    t: torch.Tensor,
+    latents: torch.Tensor,
+    condition_latents: torch.Tensor,
+    text_embeds: torch.Tensor,
+    uncond_embeds: torch.Tensor | None,
+    guidance_scale: float,
+    segmentation: SegmentationGuidance,
+    eta: float = 0.0,
+) -> torch.Tensor:
+    """One Eq.4-5 step: the images and all their instances, both CFG branches, in ONE U-Net call; -> (B, 4, h, w).
+
+    Instance i starts from its image's z_t, sees the masked condition z_c * M^i and its label's embedding (Eq.4).
+    Where only one side has CFG, the other side's text stands in for its missing unconditional branch: identical
+    branches make eps_u + w (eps_c - eps_u) = eps_c, so that side is unguided as it would be alone.
+    """
+    owners, masks = segmentation.owners, segmentation.masks
+    z = torch.cat([latents, latents[owners]])  # (B + K, 4, h, w)
+    z_c = torch.cat([condition_latents, condition_latents[owners] * masks.to(condition_latents.dtype)])
+    text = torch.cat([text_embeds, segmentation.text_embeds])  # (B + K, L, d)
+    uncond = None
+    if uncond_embeds is not None or segmentation.uncond_embeds is not None:
+        uncond = torch.cat([text_embeds if uncond_embeds is None else uncond_embeds,
+                            segmentation.text_embeds if segmentation.uncond_embeds is None
+                            else segmentation.uncond_embeds])
+    eps = guided_noise_prediction(unet, z, t, z_c, text, uncond, guidance_scale)  # 2 (B + K) rows, one call
+    z_prev = ddim.step(eps, t, z, eta=eta).prev_sample  # (B + K, 4, h, w)
+    batch = latents.shape[0]
+    return segmentation_composite(z_prev[:batch], z_prev[batch:], masks.to(z_prev.dtype), owners)

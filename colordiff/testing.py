@@ -152,3 +152,13 @@ def sd15_shaped_stable_diffusion(seed: int = 0, dtype=torch.float32) -> StableDi
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
+
+
+def tiny_seada_pipeline(seed: int = 0, use_rca: bool = True):
+    """An untrained tiny SeAda pipeline built exactly as from SD1.5 (zero convs, zero RCA outputs, identity MLP)."""
+    from colordiff.pipelines.seada_pipeline import SeAdaPipeline
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SeAdaPipeline.from_stable_diffusion_components(tiny_stable_diffusion(seed), use_rca=use_rca,
+                                                              rca_head_dim=8)

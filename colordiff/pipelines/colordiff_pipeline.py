@@ -1,9 +1,13 @@
-"""ColorDiffPipeline: grayscale photo -> color photo with the ColorDiff model (paper 000, Fig. 2)."""
+"""ColorDiffPipeline: grayscale photo -> color photo with the ColorDiff model (paper 000, Fig. 2).
+
+The semantic priors (Sec. 3.3) come from the generators the model folder records in semantic_priors.yaml, or are
+passed in precomputed: category and caption make the text condition, instances drive segmentation guidance (Eq.4-5).
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,14 +17,21 @@ from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from colordiff.color import gray_from_luminance, merge_luminance, split_luminance
+from colordiff.io import atomic_write
 from colordiff.models import ConcatUNet2DConditionModel, LuminanceAwareAutoencoderKL
 from colordiff.pipelines.images import ImageInput, from_rgb_tensor, resize, to_rgb_tensor, working_size
-from colordiff.sampling import ddim_sample, initial_noise
+from colordiff.sampling import SegmentationGuidance, ddim_sample, guided_step_count, initial_noise, masks_to_latent_grid
+from colordiff.semantics.config import PRIORS_FILE, PriorsConfig
+from colordiff.semantics.generators import PriorGenerators, resolve_prior_kinds
+from colordiff.semantics.priors import ImagePriors, Instances, compose_prompt
+
+PriorsInput = str | list[str] | list[ImagePriors] | list[dict] | None
 
 
 @dataclass
 class ColorDiffPipelineOutput(BaseOutput):
     images: list  # one per input, each at its input's size (PIL images, arrays or tensors per output_type)
+    priors: list[ImagePriors] | None = None  # the semantic priors used for each image, when any were
 
 
 class ColorDiffPipeline(DiffusionPipeline):
@@ -48,6 +59,7 @@ class ColorDiffPipeline(DiffusionPipeline):
         if not isinstance(vae, LuminanceAwareAutoencoderKL):
             raise TypeError(f"vae must be a LuminanceAwareAutoencoderKL, got {type(vae).__name__}")
         self.register_modules(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+        self.prior_generators: PriorGenerators | None = None  # what semantic_priors.yaml records, loaded lazily
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -79,6 +91,41 @@ class ColorDiffPipeline(DiffusionPipeline):
             scheduler=DDIMScheduler.from_pretrained(base, subfolder="scheduler", **no_weights),
         )
         return cls.from_stable_diffusion_components(parts)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> ColorDiffPipeline:
+        """diffusers' loading, plus the prior generators the folder records in semantic_priors.yaml (if any)."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe.prior_generators = PriorGenerators.from_model(pretrained_model_name_or_path,
+                                                           local_files_only=kwargs.get("local_files_only", False))
+        return pipe
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """diffusers' saving, plus semantic_priors.yaml (local generator folders recorded as absolute paths)."""
+        super().save_pretrained(save_directory, **kwargs)
+        if self.prior_generators is not None:
+            with atomic_write(Path(save_directory) / PRIORS_FILE) as tmp:
+                tmp.write_text(self.prior_generators.to_yaml())
+
+    # -- semantic priors (Sec. 3.3) --------------------------------------------------------------------------------
+    def resolve_priors(self, priors: str | list[str] | None = "auto") -> tuple[str, ...]:
+        """The prior kinds `priors` asks for ("auto", "none", "all", kinds); missing generators are an error."""
+        available = () if self.prior_generators is None else self.prior_generators.available
+        origin = f"model {getattr(self.config, '_name_or_path', None) or '(in memory)'}"
+        return resolve_prior_kinds(priors, available, origin)
+
+    def compute_priors(self, images: list[ImageInput], priors: str | list[str] | None = "auto") -> list[ImagePriors]:
+        """Run the recorded generators `priors` asks for on the grayscale version of each image (as batches)."""
+        kinds = self.resolve_priors(priors)
+        if not kinds:
+            return [ImagePriors() for _ in images]
+        return self.prior_generators.compute(images, kinds, self._execution_device, self.unet.dtype)
+
+    def prior_prompt(self, priors: ImagePriors) -> str:
+        """The text condition from an image's category and caption, with the model's template (or the default)."""
+        if self.prior_generators is not None:
+            return self.prior_generators.prompt(priors)
+        return compose_prompt(PriorsConfig().prompt_template, priors.category, priors.caption)
 
     # -- pieces ---------------------------------------------------------------------------------------------------
     @property
@@ -123,50 +170,90 @@ class ColorDiffPipeline(DiffusionPipeline):
         negative_prompt: str = "",
         output_type: str = "pil",
         return_dict: bool = True,
+        priors: PriorsInput = "auto",
+        seg_strength: float = 0.3,
     ) -> ColorDiffPipelineOutput | tuple:
         """Colorize `images` (any sizes; color inputs are reduced to their luminance first).
 
         Args:
-            prompt: one text condition for all images or one per image; None means "" (no text prior).
+            prompt: one text condition for all images or one per image. None: the caption/category prompt when those
+                priors are used, else "" (no text prior). A prompt replaces them (they are then not computed).
             generator: a list of one generator per image makes each result independent of the batch it is in.
             resolution: the model works at about resolution^2 pixels, aspect ratio kept; outputs have input sizes.
             keep_luminance: keep the input's exact L and take only a/b from the model (DESIGN.md, Conventions).
+            priors: which semantic priors to compute with the generators the model records: "auto" (all it
+                records; none recorded = no priors), "none", "all", "caption", "category", "segmentation" or a list;
+                or precomputed ones: one ImagePriors (or its dict form, e.g. a --save-priors sidecar) per image.
+            seg_strength: s of segmentation guidance (Eq.4-5): the first ceil(T s) of T steps are guided; 0 = off.
         """
         images = list(images) if isinstance(images, list | tuple) else [images]
-        prompts = _per_image(prompt if prompt is not None else "", len(images), "prompt")
         generators = _per_image_generators(generator, len(images))
+        image_priors = self._priors_for(images, priors, text_needed=prompt is None)
+        if prompt is not None:
+            prompts = _per_image(prompt, len(images), "prompt")
+        else:
+            prompts = [self.prior_prompt(p) for p in image_priors] if image_priors else [""] * len(images)
+        instances = [p.instances for p in image_priors] if image_priors else [None] * len(images)
+        if image_priors:  # record the text actually used, e.g. for --save-priors sidecars
+            image_priors = [replace(p, extra={**p.extra, "prompt": text}) for p, text in zip(image_priors, prompts,
+                                                                                              strict=True)]
 
         device = self._execution_device  # color math runs there too: one upload per image, no round trips
         luminance = [split_luminance(to_rgb_tensor(im).to(device)[None])[0] for im in images]  # B x (1, 1, H, W)
+        _check_instances(instances, luminance)
         results: list = [None] * len(images)
         sizes = [working_size(*lum.shape[-2:], resolution, self.size_multiple) for lum in luminance]
         for size, indices in _group_indices(sizes).items():  # images sharing a working size run as one batch
             colored = self._colorize_batch(
                 [luminance[i] for i in indices], size, [prompts[i] for i in indices], negative_prompt,
                 [generators[i] for i in indices], num_inference_steps, guidance_scale, keep_luminance,
+                [instances[i] for i in indices], seg_strength,
             )
             for i, rgb in zip(indices, colored, strict=True):
                 results[i] = from_rgb_tensor(rgb, output_type)
         self.maybe_free_model_hooks()
-        return ColorDiffPipelineOutput(images=results) if return_dict else (results,)
+        return ColorDiffPipelineOutput(images=results, priors=image_priors) if return_dict else (results,)
 
-    def _colorize_batch(self, luminance, size, prompts, negative_prompt, generators, steps, guidance, keep_luminance):
+    def _priors_for(self, images, priors: PriorsInput, text_needed: bool) -> list[ImagePriors] | None:
+        """Precomputed priors as given (checked), or the ones `priors` asks for computed now; None when none."""
+        if isinstance(priors, list | tuple) and priors and isinstance(priors[0], ImagePriors | dict):
+            if len(priors) != len(images):
+                raise ValueError(f"got {len(priors)} precomputed priors for {len(images)} images")
+            return [p if isinstance(p, ImagePriors) else ImagePriors.from_dict(p) for p in priors]
+        kinds = self.resolve_priors(priors)
+        if not text_needed:  # a given prompt replaces caption and category: do not compute them
+            kinds = tuple(k for k in kinds if k == "segmentation")
+        return self.prior_generators.compute(images, kinds, self._execution_device, self.unet.dtype) if kinds else None
+
+    def _colorize_batch(self, luminance, size, prompts, negative_prompt, generators, steps, guidance, keep_luminance,
+                        instances, seg_strength):
         """Colorize images of one working size `size` as one batch; returns (3, H, W) tensors at their input sizes."""
         device = self._execution_device
         gray = torch.cat([resize(gray_from_luminance(lum), size) for lum in luminance])  # (B, 3, h, w)
         condition_latents, features = self.encode_gray(gray)  # (B, 4, h/8, w/8)
+        dtype = self.unet.dtype
 
+        segmentation = self._segmentation(instances, tuple(condition_latents.shape[-2:]), steps, seg_strength)
+        labels = segmentation[1] if segmentation else []
         text_embeds = self.encode_prompt(prompts)  # (B, L, d)
-        # with every prompt equal to the negative prompt both CFG branches are identical: skip one (exact)
-        use_cfg = guidance != 1.0 and any(p != negative_prompt for p in prompts)
-        uncond_embeds = self.encode_prompt([negative_prompt]).expand_as(text_embeds) if use_cfg else None
+        # with every prompt (and instance label) equal to the negative prompt both CFG branches are identical:
+        # skip one (exact)
+        use_cfg = guidance != 1.0 and any(p != negative_prompt for p in [*prompts, *labels])
+        uncond = self.encode_prompt([negative_prompt]).to(dtype) if use_cfg else None  # (1, L, d)
+        guidance_inputs = None
+        if segmentation:
+            masks, labels, owners = segmentation
+            label_embeds = self.encode_prompt(labels).to(dtype)  # (K, L, d): one text-encoder call for all labels
+            guidance_inputs = SegmentationGuidance(
+                masks.to(dtype), owners, label_embeds, None if uncond is None else uncond.expand_as(label_embeds),
+                seg_strength)
 
-        noise = initial_noise(generators, tuple(condition_latents.shape[1:]), device, self.unet.dtype)
+        noise = initial_noise(generators, tuple(condition_latents.shape[1:]), device, dtype)
         with self.progress_bar(total=steps) as bar:
             latents = ddim_sample(
-                self.unet, self.scheduler, noise, condition_latents.to(self.unet.dtype),
-                text_embeds.to(self.unet.dtype), None if uncond_embeds is None else uncond_embeds.to(self.unet.dtype),
-                num_inference_steps=steps, guidance_scale=guidance, on_step=lambda step, z: bar.update(),
+                self.unet, self.scheduler, noise, condition_latents.to(dtype), text_embeds.to(dtype),
+                None if uncond is None else uncond.expand_as(text_embeds), num_inference_steps=steps,
+                guidance_scale=guidance, on_step=lambda step, z: bar.update(), segmentation=guidance_inputs,
             )
         decoded = self.decode(latents, features)  # (B, 3, h, w)
         if not keep_luminance:
@@ -179,6 +266,34 @@ class ColorDiffPipeline(DiffusionPipeline):
             for i, rgb in zip(indices, merged, strict=True):
                 outputs[i] = rgb
         return outputs
+
+    def _segmentation(self, instances: list[Instances | None], grid: tuple[int, int], steps: int, strength: float):
+        """(masks (K, 1, h, w), labels, owners (K,)) of a batch on the latent grid, or None when nothing is guided.
+
+        Masks empty on the grid are dropped (see masks_to_latent_grid for the resizing rule).
+        """
+        if guided_step_count(steps, strength) == 0 or not any(inst is not None and len(inst) for inst in instances):
+            return None
+        device = self._execution_device
+        masks, labels, owners = [], [], []
+        for index, inst in enumerate(instances):
+            if inst is None or len(inst) == 0:
+                continue
+            on_grid = masks_to_latent_grid(inst.masks.to(device), grid)  # (k, 1, h, w)
+            keep = on_grid.flatten(1).any(1).tolist()
+            masks.append(on_grid[keep])
+            labels += [label for label, kept in zip(inst.labels, keep, strict=True) if kept]
+            owners += [index] * sum(keep)
+        if not owners:
+            return None
+        return torch.cat(masks), labels, torch.tensor(owners, device=device)  # (K, 1, h, w), K labels, (K,)
+
+
+def _check_instances(instances: list[Instances | None], luminance: list[torch.Tensor]) -> None:
+    for index, (inst, lum) in enumerate(zip(instances, luminance, strict=True)):
+        if inst is not None and tuple(inst.masks.shape[-2:]) != tuple(lum.shape[-2:]):
+            raise ValueError(f"image {index}: instance masks are {tuple(inst.masks.shape[-2:])} but the image is "
+                             f"{tuple(lum.shape[-2:])} (H, W)")
 
 
 def _group_indices(keys: list) -> dict:

@@ -7,8 +7,9 @@ from pathlib import Path
 from diffusers import DiffusionPipeline
 
 from colordiff.pipelines.colordiff_pipeline import ColorDiffPipeline
+from colordiff.pipelines.seada_pipeline import SeAdaPipeline
 
-PIPELINES: dict[str, type[DiffusionPipeline]] = {"ColorDiffPipeline": ColorDiffPipeline}
+PIPELINES: dict[str, type[DiffusionPipeline]] = {"ColorDiffPipeline": ColorDiffPipeline, "SeAdaPipeline": SeAdaPipeline}
 
 
 def pipeline_class_for(model: str | Path, **hub_kwargs) -> type[DiffusionPipeline]:

@@ -25,5 +25,8 @@ def run_script(schema, train_main, description: str, argv: list[str] | None = No
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except FileNotFoundError as err:  # a missing data folder, base model or previous stage: a usage error
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {final}")
     return 0

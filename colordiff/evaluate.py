@@ -1,0 +1,356 @@
+"""
+`colordiff evaluate`: a folder of predictions against a folder of ground truths, under the evaluation protocol (size
+and crop). Preparing the papers' evaluation sets and rendering their tables: colordiff/reproduce.py.
+
+Protocol (Protocol below, default 256 px, center crop): every image, prediction and ground truth alike, is brought to
+size x size pixels before any metric: `center` scales the shorter side to `size` and cuts the central square
+(torchvision's Resize + CenterCrop arithmetic), `stretch` resizes to size x size ignoring the aspect ratio (DDColor's
+cv2.resize). An image that already has that size is used untouched. `size: 0` evaluates at the native size. Metrics
+are computed on 8-bit RGB (alpha is ignored).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from tqdm.auto import tqdm
+
+from colordiff import metrics as M
+from colordiff.cli import EXIT_FAILURES, EXIT_OK, UsageError
+from colordiff.config import ConfigError, is_override, load_config
+from colordiff.io import ImageReadError, atomic_write, is_image_path, read_image
+
+REPO = Path(__file__).resolve().parents[1]
+METRIC_GROUPS = ("colorfulness", "psnr", "ssim", "lpips", "fid")
+_ALIASES = {"delta_cf": "colorfulness", "cf": "colorfulness"}
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "lanczos": Image.Resampling.LANCZOS}
+
+
+@dataclass
+class Protocol:
+    """How images are brought to the evaluation size (see the module docstring)."""
+
+    size: int = 256  # evaluation side in pixels; 0 = native size (pred and gt must then have equal sizes)
+    crop: str = "center"  # center | stretch
+    resample: str = "bicubic"  # bicubic | bilinear | lanczos (PIL, antialiased when shrinking)
+
+
+@dataclass
+class MetricSettings:
+    """Which metrics, with which weights (shared by `colordiff evaluate` and the eval-set configs)."""
+
+    metrics: list[str] | None = None  # None: colorfulness, psnr, and fid when fid_weights is set
+    fid_variant: str = "fidelity"  # fidelity (torch-fidelity, standard FID) | torchvision (CT2 / DDColor scripts)
+    fid_weights: str | None = None  # local Inception weights (.pth read with weights_only=True, or .safetensors)
+    lpips_net: str = "vgg"  # vgg (as CT2) | alex
+    lpips_weights: str | None = None  # local torchvision vgg16 / alexnet weights
+    on_size_mismatch: str = "error"  # pred and gt sizes differ: error | resize (pred to gt's size, then the protocol)
+    batch_size: int = 50
+    device: str = "auto"  # auto: cuda when available, else cpu
+
+
+@dataclass
+class EvalConfig(MetricSettings):
+    """Settings of `colordiff evaluate`."""
+
+    pred: str = "???"  # folder of predictions (required)
+    gt: str = "???"  # folder of ground truths (required)
+    protocol: Protocol = field(default_factory=Protocol)
+    json: str | None = None  # results file (also printed to stdout)
+    csv: str | None = None  # per-image metrics
+
+
+# -----------------------------------------------------------------------------
+# protocol
+
+
+def apply_protocol(rgb: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """Bring uint8 (H, W, 3) to the protocol's size x size (returned untouched when it already has that size)."""
+    check_protocol(protocol)
+    size, (h, w) = protocol.size, rgb.shape[:2]
+    if size == 0 or (h, w) == (size, size):
+        return rgb
+    image = Image.fromarray(rgb)
+    if protocol.crop == "stretch":
+        return np.asarray(image.resize((size, size), _RESAMPLE[protocol.resample]))
+    # torchvision Resize(size): shorter side -> size, longer side int(size * long / short); CenterCrop: round offsets
+    if h <= w:
+        new_h, new_w = size, int(size * w / h)
+    else:
+        new_h, new_w = int(size * h / w), size
+    if (new_h, new_w) != (h, w):
+        image = image.resize((new_w, new_h), _RESAMPLE[protocol.resample])
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return np.asarray(image.crop((left, top, left + size, top + size)))  # (size, size, 3)
+
+
+def check_protocol(protocol: Protocol) -> None:
+    if protocol.size < 0:
+        raise ConfigError(f"protocol.size must be 0 (native) or a positive size, got {protocol.size}")
+    if protocol.crop not in ("center", "stretch"):
+        raise ConfigError(f"protocol.crop must be center or stretch, got {protocol.crop!r}")
+    if protocol.resample not in _RESAMPLE:
+        raise ConfigError(f"protocol.resample must be one of {', '.join(_RESAMPLE)}, got {protocol.resample!r}")
+
+
+def read_uint8(path: Path) -> np.ndarray:
+    """Any supported image file as 8-bit RGB (H, W, 3); read_image's float32 x/255 rounds back exactly for 8-bit."""
+    return np.rint(read_image(path).rgb * 255).astype(np.uint8)
+
+
+# -----------------------------------------------------------------------------
+# pairing
+
+
+def image_index(root: Path) -> dict[str, Path]:
+    """{relative path without suffix: file} for the image files under root (recursive, hidden files skipped)."""
+    index, clashes = {}, []
+    for file in sorted(root.rglob("*")):
+        relative = file.relative_to(root)
+        if not file.is_file() or not is_image_path(file) or any(p.startswith(".") for p in relative.parts):
+            continue
+        key = relative.with_suffix("").as_posix()
+        if key in index:
+            clashes.append(f"{index[key].name} / {file.name}")
+        index[key] = file
+    if clashes:
+        raise UsageError(f"{root}: several images share a name up to the extension, so pairing is ambiguous: "
+                         f"{_examples(clashes)}")
+    return index
+
+
+def pair_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """[(key, pred file, gt file)] paired by relative path, extension-insensitive; mismatches are a UsageError."""
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for name, folder in (("pred", pred_dir), ("gt", gt_dir)):
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: {name} folder not found")
+    preds, gts = image_index(pred_dir), image_index(gt_dir)
+    if not gts:
+        raise UsageError(f"{gt_dir}: no image files")
+    no_pred = [str(gts[k]) for k in gts if k not in preds]
+    no_gt = [str(preds[k]) for k in preds if k not in gts]
+    if no_pred or no_gt:
+        parts = [f"{len(preds)} predictions vs {len(gts)} ground truths"]
+        if no_pred:
+            parts.append(f"{len(no_pred)} ground truths have no prediction ({_examples(no_pred)})")
+        if no_gt:
+            parts.append(f"{len(no_gt)} predictions have no ground truth ({_examples(no_gt)})")
+        raise UsageError("pred and gt do not pair up: " + "; ".join(parts))
+    return [(k, preds[k], gts[k]) for k in gts]
+
+
+def _examples(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f", ... and {len(items) - n} more" if len(items) > n else "")
+
+
+def load_pair(pred: Path, gt: Path, config: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Read a pair and apply the protocol; raises ImageReadError (naming the file) for unusable input."""
+    p, g = read_uint8(pred), read_uint8(gt)
+    if p.shape != g.shape:
+        if config.on_size_mismatch != "resize":
+            raise ImageReadError(pred, f"{p.shape[1]} x {p.shape[0]} but its ground truth {gt} is {g.shape[1]} x "
+                                       f"{g.shape[0]} (on_size_mismatch=resize resizes predictions)")
+        p = np.asarray(Image.fromarray(p).resize((g.shape[1], g.shape[0]), _RESAMPLE[config.protocol.resample]))
+    return apply_protocol(p, config.protocol), apply_protocol(g, config.protocol)
+
+
+# -----------------------------------------------------------------------------
+# evaluation
+
+
+def selected_metrics(config: MetricSettings) -> list[str]:
+    if config.metrics is None:
+        return ["colorfulness", "psnr"] + (["fid"] if config.fid_weights else [])
+    chosen = []
+    for name in (n.strip().lower() for item in config.metrics for n in item.split(",") if n.strip()):
+        name = _ALIASES.get(name, name)
+        if name not in METRIC_GROUPS:
+            raise ConfigError(f"unknown metric {name!r}; choose from {', '.join(METRIC_GROUPS)} (or delta_cf)")
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise ConfigError("no metric selected")
+    return chosen
+
+
+def resolve_device(device: str) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+
+
+class _Scorer:
+    """Per-image metrics of batches of pairs, plus the FID accumulator."""
+
+    def __init__(self, names: list[str], config: MetricSettings):
+        self.names, self.device = names, resolve_device(config.device)
+        if config.on_size_mismatch not in ("error", "resize"):
+            raise ConfigError(f"on_size_mismatch must be error or resize, got {config.on_size_mismatch!r}")
+        try:
+            self.fid = M.FIDAccumulator(M.load_fid_extractor(config.fid_variant, config.fid_weights),
+                                        self.device) if "fid" in names else None
+            self.lpips = M.load_lpips(config.lpips_net, config.lpips_weights).to(self.device) \
+                if "lpips" in names else None
+        except (M.WeightsError, ValueError) as err:
+            raise UsageError(str(err)) from None
+
+    def score(self, pred: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
+        """pred, gt: uint8 (B, 3, H, W) -> {column: (B,) float64}."""
+        out = {}
+        if "colorfulness" in self.names:
+            out["colorfulness"], out["colorfulness_hasler"] = M.colorfulness(pred), M.colorfulness(pred, "hasler")
+            out["colorfulness_gt"], out["colorfulness_hasler_gt"] = M.colorfulness(gt), M.colorfulness(gt, "hasler")
+        if "psnr" in self.names:
+            out["psnr"] = M.psnr(pred, gt)
+        if "ssim" in self.names:
+            out["ssim"] = M.ssim(pred, gt)
+        if "lpips" in self.names:
+            out["lpips"] = self.lpips(pred.to(self.device), gt.to(self.device)).cpu()
+        if self.fid is not None:
+            self.fid.update(pred, gt)
+        return out
+
+
+def evaluate_pairs(pairs: list[tuple[str, Path, Path]], config: EvalConfig) -> tuple[dict, list[dict]]:
+    """Score every pair: (set-level results, per-image rows). Unreadable pairs are reported and left out."""
+    names = selected_metrics(config)
+    check_protocol(config.protocol)
+    if config.batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {config.batch_size}")
+    scorer = _Scorer(names, config)
+    rows, failed = [], []
+    batches = [pairs[i : i + config.batch_size] for i in range(0, len(pairs), config.batch_size)]
+    with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(pairs), unit="img", disable=None,
+                                                         desc="evaluate") as bar:
+        read = lambda batch: [pool.submit(load_pair, p, g, config) for _, p, g in batch]  # noqa: E731
+        pending = read(batches[0]) if batches else []
+        for index, batch in enumerate(batches):
+            futures, pending = pending, read(batches[index + 1]) if index + 1 < len(batches) else []  # prefetch
+            loaded = []
+            for (key, _, gt), future in zip(batch, futures, strict=True):
+                try:
+                    loaded.append((key, gt, *future.result()))
+                except ImageReadError as err:
+                    _report(str(err))
+                    failed.append(str(err))
+            # images of one shape share a tensor (all of them, unless protocol.size is 0)
+            for shape in dict.fromkeys(p.shape for _, _, p, _ in loaded):
+                group = [item for item in loaded if item[2].shape == shape]
+                pred = M.as_uint8_batch(np.stack([p for _, _, p, _ in group]))  # (B, 3, H, W)
+                gt = M.as_uint8_batch(np.stack([g for _, _, _, g in group]))
+                scores = scorer.score(pred, gt)
+                for i, (key, gt_path, _, _) in enumerate(group):
+                    rows.append({"image": key, "gt_path": str(gt_path)} | {k: float(v[i]) for k, v in scores.items()})
+            bar.update(len(batch))
+    results = summarise(rows, names, scorer, config)
+    results["n_failed"], results["failed"] = len(failed), failed
+    return results, rows
+
+
+def summarise(rows: list[dict], names: list[str], scorer: _Scorer, config: MetricSettings) -> dict:
+    """Set-level results: means of the per-image columns, ΔCF from the means, FID from the accumulated features."""
+    mean = lambda col: float(np.mean([r[col] for r in rows])) if rows else float("nan")  # noqa: E731
+    results = {"n_images": len(rows)}
+    if "colorfulness" in names:
+        for col in ("colorfulness", "colorfulness_hasler", "colorfulness_gt", "colorfulness_hasler_gt"):
+            results[col] = mean(col)
+        results["delta_cf"] = abs(results["colorfulness"] - results["colorfulness_gt"])
+        results["delta_cf_hasler"] = abs(results["colorfulness_hasler"] - results["colorfulness_hasler_gt"])
+    for col in ("psnr", "ssim", "lpips"):
+        if col in names:
+            results[col] = mean(col)
+    if scorer.fid is not None:
+        if len(rows) < 2:
+            raise UsageError(f"FID needs at least 2 evaluated image pairs, got {len(rows)}")
+        results["fid"] = scorer.fid.compute()
+        results["fid_variant"] = config.fid_variant
+        results["fid_weights_sha256"] = M.file_sha256(config.fid_weights) if config.fid_weights else None
+    return results
+
+
+def run_evaluation(config: EvalConfig) -> tuple[dict, list[dict]]:
+    """Pair the folders, score them, attach the resolved config: (results, per-image rows)."""
+    pairs = pair_folders(config.pred, config.gt)
+    results, rows = evaluate_pairs(pairs, config)
+    results["config"] = OmegaConf.to_container(OmegaConf.structured(config))
+    return results, rows
+
+
+def run_evaluate(config: EvalConfig) -> int:
+    """The `colordiff evaluate` job: results as JSON on stdout (and in config.json if set), per-image rows in
+    config.csv; returns the exit status (0 all scored, 1 some pairs failed)."""
+    if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` the main process evaluates alone
+        return EXIT_OK
+    with torch.inference_mode():
+        results, rows = run_evaluation(config)
+    text = to_json(results)
+    if config.json:
+        write_text(config.json, text)
+    if config.csv:
+        write_csv(config.csv, rows)
+    print(text)
+    print(f"colordiff: evaluated {results['n_images']} image pairs, {results['n_failed']} failed", file=sys.stderr)
+    return EXIT_FAILURES if results["n_failed"] else EXIT_OK
+
+
+def to_json(results: dict) -> str:
+    """JSON text; a non-finite number (PSNR of identical images is inf) is written as null, which JSON can hold."""
+    clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
+    return json.dumps({k: clean(v) for k, v in results.items()}, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Per-image rows; floats with repr precision, so a CSV value equals the computed one exactly."""
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["image"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
+    return write_text(path, buffer.getvalue())
+
+
+def _report(message: str) -> None:
+    tqdm.write(f"colordiff: {message}", file=sys.stderr)
+
+
+# -----------------------------------------------------------------------------
+# `colordiff evaluate` arguments
+
+EVAL_FLAGS = {"pred": "pred", "gt": "gt", "json": "json", "csv": "csv", "fid_weights": "fid_weights",
+              "fid_variant": "fid_variant", "device": "device", "batch_size": "batch_size", "size": "protocol.size",
+              "crop": "protocol.crop", "on_size_mismatch": "on_size_mismatch"}
+
+
+def evaluate_config(args) -> EvalConfig:
+    """--config files <- flags <- key=value overrides (positional)."""
+    from colordiff.cli import _dotlist_value
+
+    metrics = [m for m in (args.metrics or []) if "=" not in m]
+    overrides = [m for m in (args.metrics or []) if "=" in m] + list(args.overrides)  # `--metrics psnr size=64`
+    bad = [o for o in overrides if not is_override(o)]
+    if bad:
+        raise ConfigError(f"unexpected arguments (expected key=value): {' '.join(bad)}")
+    flags = [f"{key}={_dotlist_value(getattr(args, name))}" for name, key in EVAL_FLAGS.items()
+             if getattr(args, name, None) is not None]
+    if metrics:
+        flags.append(f"metrics=[{','.join(metrics)}]")
+    return load_config(EvalConfig, args.config, flags + overrides)

@@ -1,0 +1,47 @@
+"""Reproduce a Table 1 column: colorize a prepared evaluation set, evaluate it, and write the table in the papers'
+layout (Markdown + CSV, our row beside the published ones) with a comparison grid (gray | ours | GT).
+
+    python scripts/prepare_eval.py --config configs/eval/cocostuff_val.yaml --source /data/coco/val2017   # once
+    python scripts/reproduce_tables.py --config configs/eval/cocostuff_val.yaml --model models/colordiff \
+        --fid-weights weights/weights-inception-2015-12-05-6726825d.pth
+    accelerate launch --multi_gpu --num_processes 4 scripts/reproduce_tables.py --config ...   # colorize on 4 GPUs
+
+Resumable: finished colorizations are skipped on a re-run. Keys of EvalSetConfig (colordiff/reproduce.py) can be
+overridden as key=value, e.g. evaluation.fid_variant=torchvision or colorize_overrides=[steps=20].
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from colordiff.cli import EXIT_USAGE, UsageError, _dotlist_value
+from colordiff.config import ConfigError, load_config
+from colordiff.reproduce import EvalSetConfig, repo_path, reproduce_tables
+
+FLAGS = {"model": "model", "output_dir": "output_dir", "fid_weights": "evaluation.fid_weights",
+         "fid_variant": "evaluation.fid_variant", "prepared_dir": "prepared_dir"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    parser.add_argument("--config", action="append", default=[], help="configs/eval/<set>.yaml (repeatable)")
+    parser.add_argument("--model", help="model folder or hub id to colorize with")
+    parser.add_argument("--prepared", dest="prepared_dir", help="the prepared set (default: from the config)")
+    parser.add_argument("--output-dir", dest="output_dir", help="where results go (default outputs/eval/<set>)")
+    parser.add_argument("--fid-weights", dest="fid_weights", help="local Inception weights file for FID")
+    parser.add_argument("--fid-variant", dest="fid_variant", choices=["fidelity", "torchvision"])
+    args = parser.parse_args(argv)
+    flags = [f"{key}={_dotlist_value(getattr(args, name))}" for name, key in FLAGS.items()
+             if getattr(args, name) is not None]
+    try:
+        config = load_config(EvalSetConfig, [repo_path(c) for c in args.config], flags + args.overrides)
+        return reproduce_tables(config)
+    except (ConfigError, UsageError) as err:
+        print(f"reproduce_tables: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""`colordiff evaluate`: pairing, protocol, errors, and JSON / CSV values equal to direct metric calls."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from test_metrics import load_tiny_features, write_tiny_weights
+
+from colordiff import metrics as M
+from colordiff.cli import main
+from colordiff.evaluate import Protocol, apply_protocol
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _smooth(h, w, seed):
+    """A smooth color image with some texture (uint8 (H, W, 3))."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([np.sin(3 * x + seed), np.cos(2 * y - seed), x * y], -1) * 100 + 120
+    return np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _save(path: Path, rgb: np.ndarray, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path, **kwargs)
+    return path
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """gt/ with JPEG and PNG in a subfolder, pred/ as PNG with the same relative names; sizes vary (protocol crops)."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    sizes = {"a": (48, 40), "sub/b": (40, 56), "c": (32, 32), "sub/deeper/d": (36, 50)}
+    for i, (name, (h, w)) in enumerate(sizes.items()):
+        truth = _smooth(h, w, i)
+        _save(gt / f"{name}.JPEG" if i % 2 == 0 else gt / f"{name}.png", truth, quality=98)
+        guess = np.clip(truth.astype(int) // 2 + np.array([60, 20, -10]) * (i + 1) // 2 + 40, 0, 255)
+        _save(pred / f"{name}.png", guess.astype(np.uint8))
+    (gt / "notes.txt").write_text("not an image: ignored")
+    return pred, gt
+
+
+@pytest.fixture
+def tiny_fid(tmp_path, monkeypatch):
+    monkeypatch.setitem(M.FID_VARIANTS, "tiny", load_tiny_features)
+    return write_tiny_weights(tmp_path / "tiny_fid.safetensors")
+
+
+def _direct(pred_dir: Path, gt_dir: Path, names: list[str], protocol: Protocol):
+    """Read the pairs ourselves and apply the protocol: uint8 (B, 3, S, S) tensors for direct metric calls."""
+    def load(folder, name):
+        path = next(folder.glob(f"{name}.*"))
+        return apply_protocol(np.asarray(Image.open(path).convert("RGB")), protocol)
+    pred = M.as_uint8_batch(np.stack([load(pred_dir, n) for n in names]))
+    gt = M.as_uint8_batch(np.stack([load(gt_dir, n) for n in names]))
+    return pred, gt
+
+
+def test_evaluate_json_and_csv_equal_direct_metric_calls(folders, tiny_fid, tmp_path, capsys):
+    pred_dir, gt_dir = folders
+    out_json, out_csv = tmp_path / "res" / "metrics.json", tmp_path / "res" / "per_image.csv"
+    code = main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--metrics", "colorfulness", "psnr", "ssim",
+                 "fid", "--fid-variant", "tiny", "--fid-weights", str(tiny_fid), "--json", str(out_json),
+                 "--csv", str(out_csv), "--size", "24", "batch_size=3"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    results = json.loads(out_json.read_text())
+    assert json.loads(captured.out) == results  # printed too
+    for key in ("colorfulness", "colorfulness_hasler", "delta_cf", "psnr", "fid", "n_images", "config"):
+        assert key in results
+    assert results["n_images"] == 4 and results["n_failed"] == 0
+    assert results["config"]["protocol"] == {"size": 24, "crop": "center", "resample": "bicubic"}
+    assert results["config"]["batch_size"] == 3 and results["config"]["fid_variant"] == "tiny"
+
+    names = ["a", "c", "sub/b", "sub/deeper/d"]  # sorted relative paths
+    pred, gt = _direct(pred_dir, gt_dir, names, Protocol(size=24))
+    assert pred.shape == (4, 3, 24, 24)
+    cf, cf_gt = M.colorfulness(pred), M.colorfulness(gt)
+    expect = {"colorfulness": cf.mean().item(), "colorfulness_hasler": M.colorfulness(pred, "hasler").mean().item(),
+              "colorfulness_gt": cf_gt.mean().item(), "delta_cf": M.delta_cf(cf, cf_gt),
+              "psnr": M.psnr(pred, gt).mean().item(), "ssim": M.ssim(pred, gt).mean().item(),
+              # same batches as the job: with 4 images and 8 features the covariances are singular, and the
+              # square roots of their ~0 eigenvalues turn float64 summation order into 1e-8 differences
+              "fid": M.fid(pred, gt, load_tiny_features(tiny_fid), batch_size=3)}
+    for key, value in expect.items():
+        assert results[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+    assert results["delta_cf"] == pytest.approx(abs(results["colorfulness"] - results["colorfulness_gt"]), rel=1e-15)
+    assert results["fid"] > 0
+
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["image"] for r in rows] == names
+    per_image = {"colorfulness": cf, "colorfulness_gt": cf_gt, "psnr": M.psnr(pred, gt), "ssim": M.ssim(pred, gt)}
+    for i, row in enumerate(rows):
+        for key, values in per_image.items():
+            assert float(row[key]) == pytest.approx(values[i].item(), rel=1e-12), (row["image"], key)
+
+    # the thin script is the same job
+    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--pred", str(pred_dir), "--gt", str(gt_dir), "--size", "24", "--metrics", "psnr"]) == 0
+    assert json.loads(capsys.readouterr().out)["psnr"] == pytest.approx(results["psnr"], rel=1e-12)
+
+
+def test_protocol_matches_torchvision_resize_and_center_crop():
+    image = _smooth(50, 81, 3)
+    expected = T.CenterCrop(32)(T.Resize(32, interpolation=T.InterpolationMode.BICUBIC)(Image.fromarray(image)))
+    np.testing.assert_array_equal(apply_protocol(image, Protocol(size=32)), np.asarray(expected))
+    tall = _smooth(77, 40, 4)
+    expected = T.CenterCrop(32)(T.Resize(32, interpolation=T.InterpolationMode.BICUBIC)(Image.fromarray(tall)))
+    np.testing.assert_array_equal(apply_protocol(tall, Protocol(size=32)), np.asarray(expected))
+    stretched = np.asarray(Image.fromarray(image).resize((32, 32), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(apply_protocol(image, Protocol(size=32, crop="stretch")), stretched)
+    assert apply_protocol(image, Protocol(size=0)) is image  # native size
+    square = _smooth(32, 32, 5)
+    assert apply_protocol(square, Protocol(size=32)) is square  # already at the size: untouched
+
+
+def test_pairing_errors_name_the_files(folders, capsys):
+    pred_dir, gt_dir = folders
+    (pred_dir / "c.png").unlink()
+    _save(pred_dir / "extra.png", _smooth(20, 20, 9))
+    assert main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "do not pair up" in err[0]
+    assert f"1 ground truths have no prediction ({gt_dir / 'c.JPEG'})" in err[0]
+    assert f"1 predictions have no ground truth ({pred_dir / 'extra.png'})" in err[0]
+
+    (pred_dir / "extra.png").unlink()
+    _save(pred_dir / "c.png", _smooth(32, 32, 2))
+    _save(pred_dir / "c.jpg", _smooth(32, 32, 2))  # c.png and c.jpg: which one is c?
+    assert main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir)]) == 2
+    assert "pairing is ambiguous: c.jpg / c.png" in capsys.readouterr().err
+    assert main(["evaluate", "--pred", str(pred_dir / "missing"), "--gt", str(gt_dir)]) == 2
+    assert "pred folder not found" in capsys.readouterr().err
+
+
+def test_size_mismatch_bad_files_and_missing_fid_weights(folders, tmp_path, capsys):
+    pred_dir, gt_dir = folders
+    _save(pred_dir / "c.png", _smooth(30, 34, 2))  # gt c is 32 x 32
+    (pred_dir / "sub" / "b.png").write_bytes(b"\x89PNG truncated")
+    out = tmp_path / "r.json"
+    code = main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--json", str(out), "--size", "0",
+                 "--metrics", "psnr"])
+    err = capsys.readouterr().err
+    assert code == 1  # the job goes on and reports
+    assert f"{pred_dir / 'c.png'}: 34 x 30 but its ground truth {gt_dir / 'c.JPEG'} is 32 x 32" in err
+    assert f"{pred_dir / 'sub' / 'b.png'}:" in err and "evaluated 2 image pairs, 2 failed" in err
+    results = json.loads(out.read_text())
+    assert results["n_images"] == 2 and results["n_failed"] == 2 and len(results["failed"]) == 2
+    per = [M.psnr(*_direct(pred_dir, gt_dir, [name], Protocol(size=0))).item() for name in ("a", "sub/deeper/d")]
+    assert results["psnr"] == pytest.approx(np.mean(per), rel=1e-12)  # native sizes differ: one pair at a time
+
+    # on_size_mismatch=resize: the prediction is resized to its ground truth's size
+    (pred_dir / "sub" / "b.png").unlink()
+    (gt_dir / "sub" / "b.png").unlink()
+    assert main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--json", str(out), "--size", "0",
+                 "--metrics", "psnr", "--on-size-mismatch", "resize"]) == 0
+    capsys.readouterr()
+    resized = np.asarray(Image.open(pred_dir / "c.png").convert("RGB").resize((32, 32), Image.Resampling.BICUBIC))
+    expected = M.psnr(resized, np.asarray(Image.open(gt_dir / "c.JPEG").convert("RGB"))).item()
+    assert json.loads(out.read_text())["psnr"] == pytest.approx(np.mean([per[0], expected, per[1]]), rel=1e-12)
+
+    # FID asked for without weights: a usage error before any work; by default FID is just left out
+    assert main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--metrics", "fid"]) == 2
+    assert "FID needs local Inception weights: pass --fid-weights FILE" in capsys.readouterr().err
+    assert main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--fid-weights", str(tmp_path / "no.pth"),
+                 "--on-size-mismatch", "resize"]) == 2
+    assert f"{tmp_path / 'no.pth'}: torch-fidelity InceptionV3 weights file not found" in capsys.readouterr().err
+    assert main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--on-size-mismatch", "resize"]) == 0
+    assert "fid" not in json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--metrics", "sharpness"]) == 2
+    assert "unknown metric 'sharpness'" in capsys.readouterr().err
+
+
+def test_ground_truth_against_itself(folders, tiny_fid, capsys):
+    _, gt_dir = folders
+    assert main(["evaluate", "--pred", str(gt_dir), "--gt", str(gt_dir), "--fid-variant", "tiny",
+                 "--fid-weights", str(tiny_fid), "--size", "24"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["psnr"] is None  # inf: identical images; JSON has no infinity
+    assert results["delta_cf"] == 0.0 and results["colorfulness"] == results["colorfulness_gt"] > 0
+    assert abs(results["fid"]) < 1e-6  # singular 8x8 covariances of 4 images: sqrt of ~0 eigenvalues
+    assert results["fid_weights_sha256"] == M.file_sha256(tiny_fid) and len(results["fid_weights_sha256"]) == 64
+    assert torch.is_tensor(M.colorfulness(np.zeros((8, 8, 3), np.uint8)))
