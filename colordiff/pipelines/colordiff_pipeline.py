@@ -17,11 +17,11 @@ from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from colordiff.color import gray_from_luminance, merge_luminance, split_luminance
-from colordiff.io import atomic_write
 from colordiff.models import ConcatUNet2DConditionModel, LuminanceAwareAutoencoderKL
 from colordiff.pipelines.images import ImageInput, from_rgb_tensor, resize, to_rgb_tensor, working_size
+from colordiff.pipelines.recorded_priors import RecordsPriorGenerators
 from colordiff.sampling import SegmentationGuidance, ddim_sample, guided_step_count, initial_noise, masks_to_latent_grid
-from colordiff.semantics.config import PRIORS_FILE, PriorsConfig
+from colordiff.semantics.config import PriorsConfig
 from colordiff.semantics.generators import PriorGenerators, resolve_prior_kinds
 from colordiff.semantics.priors import ImagePriors, Instances, compose_prompt
 
@@ -34,7 +34,7 @@ class ColorDiffPipelineOutput(BaseOutput):
     priors: list[ImagePriors] | None = None  # the semantic priors used for each image, when any were
 
 
-class ColorDiffPipeline(DiffusionPipeline):
+class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
     """Luminance-guided Stable Diffusion colorization: concat U-Net (Eq.1) + luminance-aware decoder (Eq.6).
 
     For each image: the grayscale version (from its Lab L) is encoded once, giving both z_c for the U-Net and the
@@ -91,21 +91,6 @@ class ColorDiffPipeline(DiffusionPipeline):
             scheduler=DDIMScheduler.from_pretrained(base, subfolder="scheduler", **no_weights),
         )
         return cls.from_stable_diffusion_components(parts)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> ColorDiffPipeline:
-        """diffusers' loading, plus the prior generators the folder records in semantic_priors.yaml (if any)."""
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        pipe.prior_generators = PriorGenerators.from_model(pretrained_model_name_or_path,
-                                                           local_files_only=kwargs.get("local_files_only", False))
-        return pipe
-
-    def save_pretrained(self, save_directory, **kwargs) -> None:
-        """diffusers' saving, plus semantic_priors.yaml (local generator folders recorded as absolute paths)."""
-        super().save_pretrained(save_directory, **kwargs)
-        if self.prior_generators is not None:
-            with atomic_write(Path(save_directory) / PRIORS_FILE) as tmp:
-                tmp.write_text(self.prior_generators.to_yaml())
 
     # -- semantic priors (Sec. 3.3) --------------------------------------------------------------------------------
     def resolve_priors(self, priors: str | list[str] | None = "auto") -> tuple[str, ...]:

@@ -16,7 +16,6 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, Scheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from colordiff.color import gray_from_luminance, merge_luminance, split_luminance
-from colordiff.io import atomic_write
 from colordiff.models.control import ControlledDenoiser, SeAdaControlModel
 from colordiff.models.semantic_adapter import SemanticAdapter
 from colordiff.pipelines.colordiff_pipeline import (
@@ -26,15 +25,15 @@ from colordiff.pipelines.colordiff_pipeline import (
     _per_image_generators,
 )
 from colordiff.pipelines.images import ImageInput, from_rgb_tensor, resize, to_rgb_tensor, working_size
+from colordiff.pipelines.recorded_priors import RecordsPriorGenerators
 from colordiff.sampling import ddim_sample, initial_noise
-from colordiff.semantics.config import PRIORS_FILE
 from colordiff.semantics.generators import PriorGenerators, resolve_prior_kinds
 from colordiff.semantics.priors import ImagePriors
 
 SeAdaPipelineOutput = ColorDiffPipelineOutput  # images (+ the priors used)
 
 
-class SeAdaPipeline(DiffusionPipeline):
+class SeAdaPipeline(RecordsPriorGenerators, DiffusionPipeline):
     """SeAda inference: semantic adapter + controlled Stable Diffusion. Same call contract as ColorDiffPipeline."""
 
     model_cpu_offload_seq = "adapter->control->unet->vae"
@@ -82,19 +81,6 @@ class SeAdaPipeline(DiffusionPipeline):
         return cls.from_stable_diffusion_components(sd, mapper_channels=mapper_channels, use_rca=use_rca,
                                                     use_trainable_embedding=use_trainable_embedding,
                                                     rca_head_dim=rca_head_dim)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> SeAdaPipeline:
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        pipe.prior_generators = PriorGenerators.from_model(pretrained_model_name_or_path,
-                                                           local_files_only=kwargs.get("local_files_only", False))
-        return pipe
-
-    def save_pretrained(self, save_directory, **kwargs) -> None:
-        super().save_pretrained(save_directory, **kwargs)
-        if self.prior_generators is not None:
-            with atomic_write(Path(save_directory) / PRIORS_FILE) as tmp:
-                tmp.write_text(self.prior_generators.to_yaml())
 
     # -- captions (the captioner prior) ---------------------------------------------------------------------------
     def resolve_priors(self, priors: str | list[str] | None = "auto") -> tuple[str, ...]:
