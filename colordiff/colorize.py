@@ -16,9 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from colordiff.cli import EXIT_FAILURES, EXIT_OK, ColorizeConfig, UsageError
+from colordiff.devices import DTYPES, accelerator_available
 from colordiff.io import ImageReadError, atomic_write, is_image_path, output_suffix, read_image, write_image
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 
@@ -84,10 +84,6 @@ def resolve_device_dtype(device: str, dtype: str, state) -> tuple[torch.device, 
     return resolved, DTYPES[dtype]
 
 
-def _accelerator_available() -> bool:
-    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-
-
 def load_model(config: ColorizeConfig, device: torch.device, dtype: torch.dtype):
     import diffusers
     import transformers
@@ -100,7 +96,7 @@ def load_model(config: ColorizeConfig, device: torch.device, dtype: torch.dtype)
     try:
         pipe = load_pipeline(config.model, dtype=dtype, local_files_only=config.local_files_only)
     except (OSError, ValueError, TypeError) as err:
-        raise UsageError(f"cannot load model {config.model}: {str(err).strip().splitlines()[0]}") from None
+        raise UsageError(f"cannot load model {config.model}: {_first_line(err)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -128,7 +124,7 @@ def run_colorize(config: ColorizeConfig) -> int:
     from accelerate import PartialState
 
     # without an accelerator, accelerate only joins the other launched processes when told it runs on the CPU
-    on_cpu = config.device == "cpu" or (config.device == "auto" and not _accelerator_available())
+    on_cpu = config.device == "cpu" or (config.device == "auto" and not accelerator_available())
     state = PartialState(cpu=on_cpu)
     output_dir = Path(config.output_dir)
     if config.num_samples < 1 or config.batch_size < 1 or config.steps < 1:

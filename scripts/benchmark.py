@@ -33,13 +33,13 @@ from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from colordiff.config import load_config
+from colordiff.devices import DTYPES, synchronize
 from colordiff.pipelines import ColorDiffPipeline
 from colordiff.sampling import guided_step_count
 from colordiff.semantics import ImagePriors, Instances
 from colordiff.testing import sd15_shaped_stable_diffusion, tiny_stable_diffusion
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "photos"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -63,11 +63,6 @@ class BenchmarkConfig:
     prior_images: int = 8  # mode=guidance: images per timed call of each prior generator
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_interleaved(fns, device, warmup: int, repeats: int) -> list[float]:
     """Median wall-clock seconds of each fn, their runs interleaved (A, B, A, B, ...) so that machine drift and
     thermal or frequency changes hit every candidate alike."""
@@ -77,10 +72,10 @@ def _time_interleaved(fns, device, warmup: int, repeats: int) -> list[float]:
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, bucket in zip(fns, times, strict=True):
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            synchronize(device)
             bucket.append(time.perf_counter() - start)
     return [statistics.median(bucket) for bucket in times]
 

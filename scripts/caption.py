@@ -31,7 +31,6 @@ from colordiff.io import ImageReadError, atomic_write, read_image
 from colordiff.semantics import CaptionerConfig, build_generator, grayscale
 
 VERSIONS = ("gray", "color")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass

@@ -17,15 +17,11 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
+from colordiff.devices import synchronize
 from colordiff.latents import encode_moments
 from colordiff.models import ConcatUNet2DConditionModel, LuminanceAwareAutoencoderKL
 from colordiff.testing import SD15_SCHEDULER_CONFIG, sd15_shaped_stable_diffusion, tiny_stable_diffusion
 from colordiff.training.losses import build_perceptual, decoder_loss, diffusion_loss
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _measure(step, device, warmup: int, repeats: int) -> dict:
@@ -36,10 +32,10 @@ def _measure(step, device, warmup: int, repeats: int) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         step()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"s_per_step": statistics.median(times), "peak_memory_gib": peak}

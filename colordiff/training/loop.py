@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from colordiff.config import to_yaml
 from colordiff.data import EpochShuffleSampler, collate
+from colordiff.devices import accelerator_available
 from colordiff.io import write_image
 from colordiff.training.checkpoint import publish, resolve_resume, rotate_checkpoints, staging_dir
 from colordiff.training.config import TrainConfig
@@ -90,10 +91,6 @@ class EMA:
             self.num_updates = int(f.metadata()["num_updates"])
 
 
-def _accelerator_available() -> bool:
-    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-
-
 def make_accelerator(config: TrainConfig) -> Accelerator:
     output = Path(config.output_dir)
     accelerator = Accelerator(
@@ -101,7 +98,7 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
-        cpu=not _accelerator_available(),  # without it, CPU processes launched together would not join up
+        cpu=not accelerator_available(),  # without it, CPU processes launched together would not join up
     )
     set_seed(config.seed)  # any random initialisation in the task (new layers, random LPIPS) is reproducible
     if config.allow_tf32 and torch.cuda.is_available():

@@ -9,13 +9,13 @@ import torch
 from tqdm.auto import tqdm
 
 from colordiff.data import ColorizationDataset, collate
+from colordiff.devices import DTYPES, mixed_precision_dtype
 from colordiff.latents import encode_moments, shard_name, write_index, write_shard
 from colordiff.training.common import load_base_pipeline, place, screened_examples
 from colordiff.training.loop import make_accelerator
 from colordiff.training.unet import TrainUNetConfig
 
 logger = logging.getLogger(__name__)
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @torch.no_grad()
@@ -26,7 +26,7 @@ def main(config: TrainUNetConfig) -> Path:
         raise ValueError("set latents_cache to the folder the cache should be written to")
     folder = Path(config.latents_cache)
     accelerator = make_accelerator(config)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
     vae = place(load_base_pipeline(config).vae.eval(), accelerator.device, weight_dtype)
     examples = screened_examples(config, accelerator)
     dataset = ColorizationDataset(examples, config.resolution, center_crop=True, random_flip=False,

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from colordiff.data import load_captions
+from colordiff.devices import mixed_precision_dtype
 from colordiff.models.semantic_adapter import reconstruction_loss
 from colordiff.pipelines.seada_pipeline import SeAdaPipeline
 from colordiff.training.common import build_dataset, place, validation_grid
@@ -130,8 +131,7 @@ class SeAdaTask:
         if "b" not in config.adapter_parts or pipe.adapter.color_encoder is None:
             self.lambda_r = 0.0  # part (b) switched off: no L_r
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
-                                                                                torch.float32)
+        self.weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
         self._set_trainable()
         base = build_dataset(config, accelerator)
         colors = (load_captions(config.caption_file, config.color_caption_key)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from diffusers import ControlNetModel, DDIMScheduler, DDPMScheduler, StableDiffusionControlNetPipeline
 
 from colordiff.config import load_config
+from colordiff.devices import DTYPES
 from colordiff.pipelines.seada_pipeline import SeAdaPipeline
 from colordiff.testing import SD15_SCHEDULER_CONFIG, sd15_shaped_stable_diffusion, tiny_stable_diffusion
 from colordiff.training.bench import _measure
@@ -133,7 +134,7 @@ def measure_training(seada, baseline, config, device, dtype) -> dict:
 def run(config: SeAdaBenchConfig) -> dict:
     device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if config.device == "auto" else config.device))
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
+    dtype = DTYPES[config.dtype]
     seada, baseline = _models(config, dtype)
     seada.to(device)
     baseline.to(device)

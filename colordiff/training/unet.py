@@ -10,6 +10,7 @@ from diffusers import DDPMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
+from colordiff.devices import mixed_precision_dtype
 from colordiff.latents import encode_moments
 from colordiff.training.common import (
     build_dataset,
@@ -40,7 +41,7 @@ class UNetTask:
         self.config, self.accelerator = config, accelerator
         self.pipe = load_base_pipeline(config)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+        weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
         for frozen in (self.pipe.vae, self.pipe.text_encoder):  # frozen parts run in the mixed-precision dtype
             place(frozen.requires_grad_(False).eval(), accelerator.device, weight_dtype)
         self.weight_dtype = weight_dtype
