@@ -41,6 +41,7 @@ class ColorizeConfig:
     seg_strength: float = 0.3  # segmentation guidance strength s (paper 000: 0.3); 0 turns it off
     save_priors: bool = False  # write OUT/<name>.priors.json per input: caption, category, prompt, instances
     priors_config: str | None = None  # YAML naming the prior generators; None: the model's semantic_priors.yaml
+    captions: str | None = None  # JSONL of per-image captions (scripts/caption.py's format) used instead of a captioner
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     colorize.add_argument("--seg-strength", dest="seg_strength", type=float, help="segmentation guidance s in [0, 1]")
     colorize.add_argument("--save-priors", dest="save_priors", action="store_true", default=None,
                           help="write a JSON sidecar per input (caption, category, prompt, instances with masks)")
+    colorize.add_argument("--captions", metavar="FILE",
+                          help="JSONL of per-image captions (as scripts/caption.py writes; \"caption_gray\" or "
+                          "\"caption\" per \"path\") used as the caption prior instead of running a captioner")
 
     init = commands.add_parser("init-model", help="write an untrained ColorDiff model folder")
     init.add_argument("output", metavar="OUT", help="model folder to create")

@@ -9,7 +9,7 @@ import shutil
 import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ class Job:
     source: Path
     relative: Path
     outputs: list[Path]
+    caption: str | None = None  # from the --captions file, when one is given
 
     @property
     def priors_path(self) -> Path:
@@ -76,6 +77,87 @@ def sample_seed(seed: int, relative: Path, sample: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+# -- captions from a file (--captions) ----------------------------------------------------------------------------
+CAPTION_KEYS = ("caption_gray", "caption")  # scripts/caption.py's gray caption; "caption" for hand-written files
+
+
+def load_captions(path: str) -> dict[str, str]:
+    """{normalised "path": caption} from a JSONL file, one JSON object a line (blank lines skipped).
+
+    The format scripts/caption.py writes: `{"path": ..., "caption_gray": ..., ...}`; other keys are ignored and
+    "caption" is accepted in place of "caption_gray". Anything else (bad JSON, no "path", no caption, a caption that is
+    not a string, two different captions for one path) is a usage error naming FILE:LINE, before any image is read.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read captions file {path}: {_first_line(err)}") from None
+    captions: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{where}: not valid JSON ({err.msg}, column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise UsageError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        key = record.get("path")
+        if not isinstance(key, str) or not key.strip():
+            raise UsageError(f'{where}: no "path" string')
+        present = [k for k in CAPTION_KEYS if k in record]
+        if not present:
+            raise UsageError(f'{where}: no "caption_gray" (or "caption") for {key}')
+        for name in present:
+            if not isinstance(record[name], str):
+                raise UsageError(f'{where}: "{name}" must be a string, got {json.dumps(record[name])}')
+        if len({record[k] for k in present}) > 1:
+            raise UsageError(f'{where}: "caption_gray" and "caption" differ; give one')
+        key, caption = _caption_key(key), record[present[0]]
+        if captions.get(key, caption) != caption:
+            raise UsageError(f"{where}: a different caption for {key} than on line {first_line[key]}")
+        captions[key] = caption
+        first_line.setdefault(key, number)
+    if not captions:
+        raise UsageError(f"captions file {path} holds no captions")
+    return captions
+
+
+def caption_for(captions: dict[str, str], source: Path, relative: Path) -> str | None:
+    """The caption of one input, or None. A line's "path" matches, in this order: the input's path relative to its
+    INPUT (what OUT mirrors; what scripts/caption.py writes over the same folder), the path as reached from the
+    INPUT argument (e.g. photos/sub/a.png), its absolute path, its resolved path (symlinks followed)."""
+    for key in (relative, source, Path(os.path.abspath(source)), source.resolve()):
+        found = captions.get(_caption_key(str(key)))
+        if found is not None:
+            return found
+    return None
+
+
+def _caption_key(path: str) -> str:
+    return Path(os.path.normpath(path)).as_posix()  # "./a.png" -> "a.png", "sub//b.png" -> "sub/b.png"
+
+
+def priors_beside_captions(priors: str) -> str:
+    """The priors still computed by generators when --captions supplies the caption prior (`priors` without it).
+
+    auto: every recorded generator but the captioner; all: category and segmentation; a list must name caption.
+    --priors none, or a list without caption, would leave the file unused: a usage error.
+    """
+    names = [n.strip() for n in priors.split(",") if n.strip()]
+    if names == ["auto"]:
+        return "auto"
+    if names == ["all"]:
+        return "category,segmentation"
+    if "caption" not in names:
+        raise UsageError(f"--captions gives the caption prior, but priors={priors!r} leaves it out; "
+                         "use priors auto, all or a list with caption")
+    rest = [n for n in names if n != "caption"]
+    return ",".join(rest) if rest else "none"
+
+
 # -- running ------------------------------------------------------------------------------------------------------
 def resolve_device_dtype(device: str, dtype: str, state) -> tuple[torch.device, torch.dtype]:
     resolved = state.device if device == "auto" else torch.device(device)
@@ -103,13 +185,17 @@ def load_model(config: ColorizeConfig, device: torch.device, dtype: torch.dtype)
 
 def prepare_priors(pipe, config: ColorizeConfig, device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
     """The prior kinds this run computes, their generators loaded now: a missing or broken one is a usage error
-    before any file is processed. A --prompt replaces caption and category, so only segmentation remains."""
+    before any file is processed. A --prompt replaces caption and category, so only segmentation remains; with
+    --captions the caption comes from the file, so the captioner is neither needed nor loaded."""
     from colordiff.semantics import PriorGenerators
 
     try:
         if config.priors_config is not None:
             pipe.prior_generators = PriorGenerators.from_file(config.priors_config, config.local_files_only)
-        kinds = pipe.resolve_priors(config.priors)
+        if config.captions is not None:
+            kinds = tuple(k for k in pipe.resolve_priors(priors_beside_captions(config.priors)) if k != "caption")
+        else:
+            kinds = pipe.resolve_priors(config.priors)
         if config.prompt is not None:
             kinds = tuple(k for k in kinds if k == "segmentation")
         for kind in kinds:
@@ -131,6 +217,12 @@ def run_colorize(config: ColorizeConfig) -> int:
         raise UsageError("num_samples, batch_size and steps must be at least 1")
     if not 0.0 <= config.seg_strength <= 1.0:
         raise UsageError(f"seg_strength must be in [0, 1], got {config.seg_strength}")
+    captions = None
+    if config.captions is not None:
+        if config.prompt is not None:
+            raise UsageError("--prompt and --captions both give the text; pass one")
+        priors_beside_captions(config.priors)  # --priors none (or without caption) + --captions: fail now
+        captions = load_captions(config.captions)
 
     failed, jobs, owner = 0, [], {}
     for source, relative in collect_inputs(config.inputs, output_dir):
@@ -148,6 +240,9 @@ def run_colorize(config: ColorizeConfig) -> int:
 
     todo = [j for j in jobs if config.overwrite or not finished(j)]
     skipped = len(jobs) - len(todo)
+    if captions is not None:
+        todo, uncaptioned = _attach_captions(todo, captions, config.captions, report=state.is_main_process)
+        failed += uncaptioned if state.is_main_process else 0  # every process plans the same jobs: one reports
     todo = todo[state.process_index :: state.num_processes]  # each process takes every n-th file
     done = 0
     if todo:
@@ -197,6 +292,8 @@ def _colorize_batch(pipe, loaded, config: ColorizeConfig, kinds: tuple[str, ...]
             generators.append(torch.Generator("cpu").manual_seed(sample_seed(config.seed, job.relative, sample)))
     try:
         file_priors = pipe.compute_priors([image.rgb for _, image in loaded], kinds) if kinds else None
+        if config.captions is not None:  # the file's caption in place of the captioner's
+            file_priors = _with_file_captions(file_priors, [job for job, _ in loaded], config.captions)
         priors = [p for p in file_priors for _ in range(config.num_samples)] if file_priors else "none"
         output = pipe(images, prompt=config.prompt, num_inference_steps=config.steps,
                       guidance_scale=config.guidance_scale, generator=generators, resolution=config.resolution,
@@ -223,6 +320,32 @@ def _colorize_batch(pipe, loaded, config: ColorizeConfig, kinds: tuple[str, ...]
             _report(f"{job.source}: cannot write output: {_first_line(err)}")
             bad += 1
     return ok, bad
+
+
+def _attach_captions(jobs: list[Job], captions: dict[str, str], path: str, report: bool) -> tuple[list[Job], int]:
+    """The jobs with their caption from the --captions file set, and how many have none (each reported in one line,
+    when `report`, and left out: they count as failed, the batch goes on)."""
+    kept, missing = [], 0
+    for job in jobs:
+        job.caption = caption_for(captions, job.source, job.relative)
+        if job.caption is not None:
+            kept.append(job)
+            continue
+        missing += 1
+        if report:
+            _report(f"{job.source}: no caption in {path} (no line with \"path\" {job.relative.as_posix()} or "
+                    f"{Path(os.path.abspath(job.source)).as_posix()})")
+    return kept, missing
+
+
+def _with_file_captions(file_priors, jobs: list[Job], captions_path: str) -> list:
+    """Each job's priors with its caption from the --captions file; the sidecar records where it came from."""
+    from colordiff.semantics import ImagePriors
+
+    file_priors = file_priors or [ImagePriors() for _ in jobs]
+    source = Path(captions_path).resolve().as_posix()
+    return [replace(p, caption=job.caption, extra={**p.extra, "caption_source": source})
+            for p, job in zip(file_priors, jobs, strict=True)]
 
 
 def _write_priors(job: Job, priors, config: ColorizeConfig) -> None:

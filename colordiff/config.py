@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 T = TypeVar("T")
@@ -27,15 +27,15 @@ def is_override(arg: str) -> bool:
 def load_config(schema: type[T], files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> T:
     """Schema defaults <- each YAML file in order <- `key=value` overrides; returns a schema instance.
 
-    Unknown keys and wrong types fail loudly with the file or override that caused them.
+    A file may build on others: `defaults: [base.yaml, ...]` (paths relative to the file) are merged first, in order,
+    then the file's own keys on top. Unknown keys and wrong types fail loudly with the file or override that caused
+    them.
     """
     merged = OmegaConf.structured(schema)
     for file in files:
         path = Path(file)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, read_yaml(path))
         except OmegaConfBaseException as err:
             raise ConfigError(f"{path}: {_one_line(err)}") from None
     try:
@@ -45,6 +45,32 @@ def load_config(schema: type[T], files: Sequence[str | Path] = (), overrides: Se
         raise ConfigError(f"{err.full_key} is required (set it in a config file or as {err.full_key}=...)") from None
     except OmegaConfBaseException as err:
         raise ConfigError(f"overrides {' '.join(overrides) or '(none)'}: {_one_line(err)}") from None
+
+
+def read_yaml(path: Path, _including: tuple[Path, ...] = ()) -> DictConfig:
+    """One YAML file with its `defaults` (other files, relative to it, merged under it) resolved; no schema yet."""
+    if not path.is_file():
+        where = f" (in the defaults of {_including[-1]})" if _including else ""
+        raise ConfigError(f"{path}: config file not found{where}")
+    if path.resolve() in _including:
+        raise ConfigError(f"{path}: includes itself through its defaults ({' -> '.join(map(str, _including))})")
+    try:
+        loaded = OmegaConf.load(path)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path}: {_one_line(err)}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of settings, got a {type(loaded).__name__}")
+    bases = loaded.pop("defaults", None)
+    if bases is None:
+        return loaded
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, (ListConfig, list)) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: defaults must be a list of YAML file paths (relative to this file)")
+    merged = OmegaConf.create()
+    for base in bases:
+        merged = OmegaConf.merge(merged, read_yaml(path.parent / base, (*_including, path.resolve())))
+    return OmegaConf.merge(merged, loaded)
 
 
 def to_yaml(config) -> str:

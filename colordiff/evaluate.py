@@ -7,6 +7,12 @@ size x size pixels before any metric: `center` scales the shorter side to `size`
 (torchvision's Resize + CenterCrop arithmetic), `stretch` resizes to size x size ignoring the aspect ratio (DDColor's
 cv2.resize). An image that already has that size is used untouched. `size: 0` evaluates at the native size. Metrics
 are computed on 8-bit RGB (alpha is ignored).
+
+Several processes (`accelerate launch --multi_gpu --num_processes N -m colordiff.cli evaluate ...`) split the work:
+process r scores pairs[r::N] on its own device; the per-image rows and failures are gathered to every process in
+pairing order, and the FID statistics (feature sums, covariance sums, counts) are summed over the processes, so every
+process returns the results of a single-process run (FID to float rounding). Only the main process writes and prints.
+A single process never touches torch.distributed.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from tqdm.auto import tqdm
 from colordiff import metrics as M
 from colordiff.cli import EXIT_FAILURES, EXIT_OK, UsageError
 from colordiff.config import ConfigError, is_override, load_config
+from colordiff.devices import accelerator_available
 from colordiff.io import ImageReadError, atomic_write, is_image_path, read_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,15 +194,35 @@ def selected_metrics(config: MetricSettings) -> list[str]:
     return chosen
 
 
-def resolve_device(device: str) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+def resolve_device(device: str, state=None) -> torch.device:
+    """`auto`: the process's own device when launched on several (accelerate's state), else CUDA when available."""
+    if device != "auto":
+        return torch.device(device)
+    if state is not None:
+        return state.device  # cuda:<local rank> on GPUs
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def distributed_state(device: str = "auto"):
+    """accelerate's PartialState when this process is one of several (`accelerate launch`, torchrun), else None: a
+    single process never touches torch.distributed."""
+    import torch.distributed as dist
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not launched and not (dist.is_available() and dist.is_initialized()):
+        return None
+    from accelerate import PartialState
+
+    # without an accelerator, accelerate only joins the other launched processes when told it runs on the CPU
+    state = PartialState(cpu=device == "cpu" or (device == "auto" and not accelerator_available()))
+    return state if state.num_processes > 1 else None
 
 
 class _Scorer:
     """Per-image metrics of batches of pairs, plus the FID accumulator."""
 
-    def __init__(self, names: list[str], config: MetricSettings):
-        self.names, self.device = names, resolve_device(config.device)
+    def __init__(self, names: list[str], config: MetricSettings, state=None):
+        self.names, self.device = names, resolve_device(config.device, state)
         if config.on_size_mismatch not in ("error", "resize"):
             raise ConfigError(f"on_size_mismatch must be error or resize, got {config.on_size_mismatch!r}")
         try:
@@ -224,43 +251,79 @@ class _Scorer:
 
 
 def evaluate_pairs(pairs: list[tuple[str, Path, Path]], config: EvalConfig) -> tuple[dict, list[dict]]:
-    """Score every pair: (set-level results, per-image rows). Unreadable pairs are reported and left out."""
+    """Score every pair: (set-level results, per-image rows in pairing order). Unreadable pairs are reported and
+    left out. Launched on several processes, each scores pairs[rank::world] and every process returns the results
+    of all pairs (rows and failures gathered, FID statistics summed): the same values as one process computes."""
     names = selected_metrics(config)
     check_protocol(config.protocol)
     if config.batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {config.batch_size}")
-    scorer = _Scorer(names, config)
+    state = distributed_state(config.device)
+    scorer = _Scorer(names, config, state)
+    if state is None:
+        rows, failed = _score_pairs(list(enumerate(pairs)), scorer, config)
+    else:
+        rows, failed = _score_shard(pairs, scorer, config, state)
+    results = summarise([row for _, row in rows], names, scorer, config)  # FID: a collective, on every process
+    results["n_failed"], results["failed"] = len(failed), [message for _, message in failed]
+    return results, [row for _, row in rows]
+
+
+def _score_shard(pairs, scorer: _Scorer, config: EvalConfig, state) -> tuple[list, list]:
+    """This process's share, pairs[rank::world], then every process's (index, row) and (index, failure) gathered
+    to all of them. An exception on one process is raised on every process (rather than leaving them waiting)."""
+    from accelerate.utils import gather_object
+
+    rank, world = state.process_index, state.num_processes
+    rows, failed, error = [], [], None
+    try:
+        rows, failed = _score_pairs(list(enumerate(pairs))[rank::world], scorer, config, bar=state.is_main_process)
+    except Exception as err:  # noqa: BLE001 - reported to the other processes, then raised again below
+        error = err
+    shares = gather_object([(rows, failed, None if error is None else f"{type(error).__name__}: {error}")])
+    if error is not None:
+        raise error
+    errors = [f"process {i}: {e}" for i, (_, _, e) in enumerate(shares) if e is not None]
+    if errors:
+        raise RuntimeError("evaluation failed on another process: " + "; ".join(errors))
+    return (sorted((item for share in shares for item in share[0]), key=lambda item: item[0]),
+            sorted((item for share in shares for item in share[1]), key=lambda item: item[0]))
+
+
+def _score_pairs(indexed: list[tuple[int, tuple[str, Path, Path]]], scorer: _Scorer, config: EvalConfig,
+                 bar: bool = True) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
+    """Score (index, pair)s batch by batch: [(index, row)] and [(index, failure)], both in index order."""
     rows, failed = [], []
-    batches = [pairs[i : i + config.batch_size] for i in range(0, len(pairs), config.batch_size)]
-    with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(pairs), unit="img", disable=None,
-                                                         desc="evaluate") as bar:
-        read = lambda batch: [pool.submit(load_pair, p, g, config) for _, p, g in batch]  # noqa: E731
+    batches = [indexed[i : i + config.batch_size] for i in range(0, len(indexed), config.batch_size)]
+    with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(indexed), unit="img", disable=None if bar else True,
+                                                         desc="evaluate") as progress:
+        read = lambda batch: [pool.submit(load_pair, p, g, config) for _, (_, p, g) in batch]  # noqa: E731
         pending = read(batches[0]) if batches else []
         for index, batch in enumerate(batches):
             futures, pending = pending, read(batches[index + 1]) if index + 1 < len(batches) else []  # prefetch
             loaded = []
-            for (key, _, gt), future in zip(batch, futures, strict=True):
+            for (i, (key, _, gt)), future in zip(batch, futures, strict=True):
                 try:
-                    loaded.append((key, gt, *future.result()))
+                    loaded.append((i, key, gt, *future.result()))
                 except ImageReadError as err:
                     _report(str(err))
-                    failed.append(str(err))
+                    failed.append((i, str(err)))
             # images of one shape share a tensor (all of them, unless protocol.size is 0)
-            for shape in dict.fromkeys(p.shape for _, _, p, _ in loaded):
-                group = [item for item in loaded if item[2].shape == shape]
-                pred = M.as_uint8_batch(np.stack([p for _, _, p, _ in group]))  # (B, 3, H, W)
-                gt = M.as_uint8_batch(np.stack([g for _, _, _, g in group]))
+            for shape in dict.fromkeys(item[3].shape for item in loaded):
+                group = [item for item in loaded if item[3].shape == shape]
+                pred = M.as_uint8_batch(np.stack([item[3] for item in group]))  # (B, 3, H, W)
+                gt = M.as_uint8_batch(np.stack([item[4] for item in group]))
                 scores = scorer.score(pred, gt)
-                for i, (key, gt_path, _, _) in enumerate(group):
-                    rows.append({"image": key, "gt_path": str(gt_path)} | {k: float(v[i]) for k, v in scores.items()})
-            bar.update(len(batch))
-    results = summarise(rows, names, scorer, config)
-    results["n_failed"], results["failed"] = len(failed), failed
-    return results, rows
+                for j, (i, key, gt_path, _, _) in enumerate(group):
+                    row = {"image": key, "gt_path": str(gt_path)} | {k: float(v[j]) for k, v in scores.items()}
+                    rows.append((i, row))
+            progress.update(len(batch))
+    return sorted(rows, key=lambda item: item[0]), failed
 
 
 def summarise(rows: list[dict], names: list[str], scorer: _Scorer, config: MetricSettings) -> dict:
-    """Set-level results: means of the per-image columns, ΔCF from the means, FID from the accumulated features."""
+    """Set-level results: means of the per-image columns, ΔCF from the means, FID from the accumulated features
+    (summed over the processes when launched on several: every process must call this)."""
     mean = lambda col: float(np.mean([r[col] for r in rows])) if rows else float("nan")  # noqa: E731
     results = {"n_images": len(rows)}
     if "colorfulness" in names:
@@ -272,7 +335,7 @@ def summarise(rows: list[dict], names: list[str], scorer: _Scorer, config: Metri
         if col in names:
             results[col] = mean(col)
     if scorer.fid is not None:
-        if len(rows) < 2:
+        if len(rows) < 2:  # rows of all processes: every process stops here, or none
             raise UsageError(f"FID needs at least 2 evaluated image pairs, got {len(rows)}")
         results["fid"] = scorer.fid.compute()
         results["fid_variant"] = config.fid_variant
@@ -281,7 +344,8 @@ def summarise(rows: list[dict], names: list[str], scorer: _Scorer, config: Metri
 
 
 def run_evaluation(config: EvalConfig) -> tuple[dict, list[dict]]:
-    """Pair the folders, score them, attach the resolved config: (results, per-image rows)."""
+    """Pair the folders, score them, attach the resolved config: (results, per-image rows). Launched on several
+    processes, call it on every one: each scores its share and all return the same (results, rows) of every pair."""
     pairs = pair_folders(config.pred, config.gt)
     results, rows = evaluate_pairs(pairs, config)
     results["config"] = OmegaConf.to_container(OmegaConf.structured(config))
@@ -290,18 +354,22 @@ def run_evaluation(config: EvalConfig) -> tuple[dict, list[dict]]:
 
 def run_evaluate(config: EvalConfig) -> int:
     """The `colordiff evaluate` job: results as JSON on stdout (and in config.json if set), per-image rows in
-    config.csv; returns the exit status (0 all scored, 1 some pairs failed)."""
-    if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` the main process evaluates alone
-        return EXIT_OK
+    config.csv; returns the exit status (0 all scored, 1 some pairs failed). Under `accelerate launch` every process
+    scores a share; the main process writes and prints, and all return the same status."""
     with torch.inference_mode():
         results, rows = run_evaluation(config)
-    text = to_json(results)
-    if config.json:
-        write_text(config.json, text)
-    if config.csv:
-        write_csv(config.csv, rows)
-    print(text)
-    print(f"colordiff: evaluated {results['n_images']} image pairs, {results['n_failed']} failed", file=sys.stderr)
+    state = distributed_state(config.device)
+    if state is None or state.is_main_process:
+        text = to_json(results)
+        if config.json:
+            write_text(config.json, text)
+        if config.csv:
+            write_csv(config.csv, rows)
+        print(text)
+        print(f"colordiff: evaluated {results['n_images']} image pairs, {results['n_failed']} failed",
+              file=sys.stderr)
+    if state is not None:  # a process that exits with status 1 gets the others stopped: not before the files exist
+        state.wait_for_everyone()
     return EXIT_FAILURES if results["n_failed"] else EXIT_OK
 
 

@@ -290,7 +290,11 @@ def load_fid_extractor(variant: str, weights: str | os.PathLike | None) -> nn.Mo
 
 class FIDAccumulator:
     """Fréchet Inception Distance (Heusel et al. 2017), d² = |μ_p − μ_g|² + Tr(Σ_p + Σ_g − 2(Σ_p Σ_g)^½), accumulated
-    batch by batch through torchmetrics' FrechetInceptionDistance (float64 sums) with any feature extractor."""
+    batch by batch through torchmetrics' FrechetInceptionDistance (float64 sums) with any feature extractor.
+
+    Under torch.distributed (an initialised process group) each process adds its own images and compute() sums the
+    feature sums, covariance sums and counts of all processes (torchmetrics' sync, an all-gather): the FID is over
+    every process's images, and every process must call compute()."""
 
     def __init__(self, extractor: nn.Module, device: str | torch.device = "cpu"):
         from torchmetrics.image.fid import FrechetInceptionDistance
@@ -299,7 +303,8 @@ class FIDAccumulator:
         if not hasattr(extractor, "num_features"):  # torchmetrics would otherwise probe it with a random 299 image
             with torch.no_grad():
                 extractor.num_features = int(extractor(torch.zeros(1, 3, 16, 16, dtype=torch.uint8)).shape[-1])
-        self.metric = FrechetInceptionDistance(feature=extractor, normalize=False).to(device)
+        # sync_on_compute=False: compute() syncs explicitly, so the image counts it checks are those of all processes
+        self.metric = FrechetInceptionDistance(feature=extractor, normalize=False, sync_on_compute=False).to(device)
         self.device = torch.device(device)
 
     def update(self, pred, gt) -> None:
@@ -312,10 +317,16 @@ class FIDAccumulator:
         self.metric.update(as_uint8_batch(images).to(self.device), real=real)
 
     def compute(self) -> float:
-        n = int(self.metric.fake_features_num_samples)
-        if n < 2:
+        # sums every state over the processes when torch.distributed is initialised (a collective), else a no-op;
+        # the local states are restored afterwards
+        if not hasattr(self.metric, "orig_dtype"):  # set by torchmetrics' update(): a process given no images has none
+            self.metric.orig_dtype = torch.float64
+        with self.metric.sync_context():
+            n = min(int(self.metric.fake_features_num_samples), int(self.metric.real_features_num_samples))
+            value = float(self.metric.compute()) if n >= 2 else None
+        if value is None:  # the same totals on every process, so all of them raise
             raise ValueError(f"FID needs at least 2 images per set, got {n}")
-        return float(self.metric.compute())
+        return value
 
 
 def fid(pred, gt, extractor: nn.Module, batch_size: int = 50, device: str | torch.device = "cpu") -> float:

@@ -1,5 +1,7 @@
 """Reproducing the papers' tables: preparing the evaluation sets, colorizing them, scoring them with
-`colordiff.evaluate`, and rendering Table 1 beside the published rows, with a comparison grid.
+`colordiff.evaluate`, and rendering our rows beside the published ones (configs/eval/published/), with a comparison
+grid. Table 1 runs add our method as a last row; ablation runs (configs/eval/ablations/, `row`) print ours under the
+published row they reproduce, and rebuild the whole ablation table from their sibling runs.
 
 scripts/prepare_eval.py and scripts/reproduce_tables.py are thin entry points over this module.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import sys
@@ -22,7 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from colordiff.cli import EXIT_FAILURES, EXIT_OK, UsageError
-from colordiff.config import load_config
+from colordiff.config import ConfigError, load_config
 from colordiff.evaluate import (
     REPO,
     EvalConfig,
@@ -54,8 +57,10 @@ class EvalSetConfig:
     prepared_dir: str = "???"  # written by prepare_eval.py: gt/, gray/, files.txt, prepare.yaml
     protocol: Protocol = field(default_factory=Protocol)
     output_dir: str | None = None  # reproduce_tables.py (default outputs/eval/<name>): pred/, metrics.json, ...
+    pred_dir: str | None = None  # colorized images (default output_dir/pred); runs of one model and settings may share
     model: str | None = None
     method: str = "ColorDiff (this implementation)"  # our row's label
+    row: str | None = None  # the published row this run reproduces (ablations): ours is printed under it; None: last
     colorize_config: list[str] = field(default_factory=list)  # YAML files of ColorizeConfig for the colorize step
     colorize_overrides: list[str] = field(default_factory=list)  # key=value for ColorizeConfig
     evaluation: MetricSettings = field(default_factory=MetricSettings)
@@ -163,31 +168,72 @@ def load_published(name: str) -> dict:
     return table
 
 
-def table_rows(table: dict, set_name: str, method: str, results: dict) -> list[list[str]]:
-    """[[method, value, ...]]: the published rows of set_name (as printed in the paper), then ours (full precision)."""
-    rows = [[str(v) if v is not None else "-" for v in row] for row in table["sets"][set_name]["rows"]]
-    ours = [results.get(c) for c in table["columns"]]
-    rows.append([method] + ["-" if v is None or not math.isfinite(v) else repr(float(v)) for v in ours])
-    return rows
+@dataclass
+class OurRow:
+    """One of our evaluated runs as a table row: the published row it reproduces (None: a new method), its label
+    and its results (metrics.json)."""
+
+    row: str | None
+    method: str
+    results: dict
 
 
-def render_markdown(table: dict, set_name: str, rows: list[list[str]], note: str) -> str:
+def check_row(table: dict, set_name: str, row: str | None, where: str) -> None:
+    """A run's `row` must name one of the published rows of its set (before hours of colorizing)."""
+    labels = [r[0] for r in table["sets"][set_name]["rows"]]
+    if row is not None and row not in labels:
+        raise UsageError(f"{where}: row {row!r} is not a row of {table['title']} ({set_name}); rows: "
+                         + "; ".join(labels))
+
+
+def table_rows(table: dict, set_name: str, ours: list[OurRow]) -> list[tuple[list[str], bool]]:
+    """[(cells, is ours)]: the published rows of set_name as printed, each followed by our runs that reproduce it,
+    then our runs of new methods (row None); our cells at full precision."""
+    def our_cells(run: OurRow) -> list[str]:
+        values = [run.results.get(c) for c in table["columns"]]
+        return [run.method] + ["-" if v is None or not math.isfinite(v) else repr(float(v)) for v in values]
+
+    rows = []
+    for printed in table["sets"][set_name]["rows"]:
+        rows.append(([str(v) if v is not None else "-" for v in printed], False))
+        rows += [(our_cells(run), True) for run in ours if run.row == printed[0]]
+    return rows + [(our_cells(run), True) for run in ours if run.row is None]
+
+
+def render_markdown(table: dict, set_name: str, rows: list[tuple[list[str], bool]], note: str) -> str:
     headers = ["Method"] + [TABLE_COLUMNS[c] for c in table["columns"]]
     lines = [f"### {table['title']} — {table['sets'][set_name]['label']}", "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for i, row in enumerate(rows):
-        ours = i == len(rows) - 1
-        cells = [f"{float(v):.2f}" if ours and v != "-" else v for v in row[1:]]  # ours at the papers' precision
-        lines.append("| " + " | ".join([f"**{row[0]}**" if ours else row[0]] + cells) + " |")
-    return "\n".join(lines + ["", f"Published rows: {table['source']}. {note}", ""])
+    for cells, ours in rows:
+        values = [f"{float(v):.2f}" if ours and v != "-" else v for v in cells[1:]]  # ours at the papers' precision
+        lines.append("| " + " | ".join([f"**{cells[0]}**" if ours else cells[0]] + values) + " |")
+    return "\n".join(lines + ["", f"Published rows: {table['source']}; ours in bold. {note}", ""])
 
 
-def render_csv(table: dict, rows: list[list[str]]) -> str:
+def render_csv(table: dict, rows: list[tuple[list[str], bool]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method"] + list(table["columns"]))
-    writer.writerows(rows)
+    writer.writerow(["method"] + list(table["columns"]) + ["source"])
+    writer.writerows(cells + ["ours" if ours else "published"] for cells, ours in rows)
     return buffer.getvalue()
+
+
+def sibling_runs(folder: Path, table_name: str, set_name: str) -> list[OurRow]:
+    """Our evaluated runs in folder/*/ (metrics.json + config.yaml) that belong to the table and set: an ablation
+    table collects its rows from the runs of its row configs, which write to sibling folders."""
+    runs = []
+    for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.yaml").is_file():
+            continue
+        try:
+            config = load_config(EvalSetConfig, [run_dir / "config.yaml"])
+            results = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (ConfigError, json.JSONDecodeError) as err:
+            _report(f"{run_dir}: left out of the collected table ({err})")
+            continue
+        if config.name == set_name and table_name in config.published:
+            runs.append(OurRow(config.row, config.method, results))
+    return runs
 
 
 def comparison_grid(keys: list[str], gray_dir: Path, pred_dir: Path, gt_dir: Path, gutter: int = 4) -> np.ndarray:
@@ -224,14 +270,14 @@ def eval_config_for_set(config: EvalSetConfig, pred: Path, gt: Path) -> EvalConf
 def reproduce_tables(config: EvalSetConfig) -> int:
     """colorize prepared_dir/gray -> evaluate against prepared_dir/gt -> tables and grid in output_dir; exit status.
 
-    Colorizing is split across `accelerate launch` processes and resumes (finished outputs are skipped);
-    the main process then evaluates and renders alone.
+    Colorizing and evaluating are split across `accelerate launch` processes; colorizing resumes (finished outputs
+    are skipped). The main process writes the results. A run that reproduces a published row (`row`, the ablation
+    configs) also refreshes the whole table in output_dir's parent from every sibling run of that table.
     """
     from accelerate import PartialState
 
     from colordiff.cli import ColorizeConfig, _dotlist_value
     from colordiff.colorize import run_colorize
-    from colordiff.config import to_yaml
 
     prepared = Path(config.prepared_dir)
     gray_dir, gt_dir = prepared / "gray", prepared / "gt"
@@ -243,39 +289,66 @@ def reproduce_tables(config: EvalSetConfig) -> int:
     for name, table in zip(config.published, published, strict=True):
         if config.name not in table["sets"]:
             raise UsageError(f"published table {name} has no rows for set {config.name!r}")
+        check_row(table, config.name, config.row, "row")
     out = Path(config.output_dir or f"outputs/eval/{config.name}")
-    pred_dir = out / "pred"
+    pred_dir = Path(config.pred_dir) if config.pred_dir else out / "pred"
 
     colorize = load_config(ColorizeConfig, [repo_path(c) for c in config.colorize_config],
                            [f"model={_dotlist_value(config.model)}", f"output_dir={_dotlist_value(str(pred_dir))}"]
                            + list(config.colorize_overrides))
     colorize.inputs, colorize.overwrite = [str(gray_dir)], config.overwrite
+    for key in ("priors_config", "captions"):  # files named by the configs, relative to the repository
+        if getattr(colorize, key, None):
+            setattr(colorize, key, str(repo_path(getattr(colorize, key))))
     status = run_colorize(colorize)
     state = PartialState()
     state.wait_for_everyone()
-    if not state.is_main_process:
-        return status
 
     evaluation = eval_config_for_set(config, pred_dir, gt_dir)
     with torch.inference_mode():
-        results, rows = run_evaluation(evaluation)
+        results, rows = run_evaluation(evaluation)  # every process scores its share, all get the results
+    if state.num_processes > 1:  # one exit status everywhere: each process colorized its own share
+        from accelerate.utils import gather_object
+
+        status = max(gather_object([status]))
+    if state.is_main_process:
+        write_results(config, out, pred_dir, results, rows, published)
+    # nobody exits before the main process has written: torchrun stops every process when one exits non-zero
+    state.wait_for_everyone()
+    return EXIT_FAILURES if status or results["n_failed"] else EXIT_OK
+
+
+def write_results(config: EvalSetConfig, out: Path, pred_dir: Path, results: dict, rows: list[dict],
+                  published: list[dict]) -> None:
+    """metrics.json, per_image.csv, config.yaml, the tables (this run's, and for an ablation row the whole table from
+    its sibling runs) and the comparison grid."""
+    from colordiff.config import to_yaml
+
+    prepared = Path(config.prepared_dir)
+    gray_dir, gt_dir = prepared / "gray", prepared / "gt"
     write_text(out / "metrics.json", to_json(results))
     write_csv(out / "per_image.csv", rows)
     write_text(out / "config.yaml", to_yaml(config))
-    note = (f"Ours: {results['n_images']} images, protocol {config.protocol.size} px / {config.protocol.crop}, "
-            f"CF = `abs` colorfulness, FID = {config.evaluation.fid_variant} Inception"
+    protocol = (f"protocol {config.protocol.size} px / {config.protocol.crop}, CF = `abs` colorfulness, "
+                f"FID = {config.evaluation.fid_variant} Inception")
+    note = (f"Ours: {results['n_images']} images, {protocol}"
             + ("" if "fid" in results else " (not computed: no fid_weights)") + ".")
     markdown = []
     for name, table in zip(config.published, published, strict=True):
-        rows_ = table_rows(table, config.name, config.method, results)
+        rows_ = table_rows(table, config.name, [OurRow(config.row, config.method, results)])
         markdown.append(render_markdown(table, config.name, rows_, note))
         write_text(out / f"table_{name}.md", markdown[-1])
         write_text(out / f"table_{name}.csv", render_csv(table, rows_))
+        if config.row is not None:  # the whole ablation table, from this run and its siblings
+            collected = table_rows(table, config.name, sibling_runs(out.resolve().parent, name, config.name))
+            whole = render_markdown(table, config.name, collected, f"Ours: {protocol}.")
+            write_text(out.parent / f"table_{name}.md", whole)
+            write_text(out.parent / f"table_{name}.csv", render_csv(table, collected))
 
     keys = config.grid_samples or [Path(e).with_suffix("").as_posix() for e in
                                    read_file_list(prepared / "files.txt")][: config.grid_count]
     grid = comparison_grid(keys, gray_dir, pred_dir, gt_dir)
     write_image(out / "grid.png", grid)
     print("\n".join(markdown) or to_json(results))
-    print(f"colordiff: results in {out} (metrics.json, per_image.csv, table_*.md|csv, grid.png)", file=sys.stderr)
-    return EXIT_FAILURES if status or results["n_failed"] else EXIT_OK
+    print(f"colordiff: results in {out} (metrics.json, per_image.csv, table_*.md|csv, grid.png)"
+          + (f"; whole tables in {out.parent}" if config.row is not None else ""), file=sys.stderr)

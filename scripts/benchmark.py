@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="append", default=[], help="YAML settings (repeatable)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of BenchmarkConfig")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may come after flags
     config = load_config(BenchmarkConfig, args.config, args.overrides)
     np.random.seed(0)
     result = run(config)

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="append", default=[], help="YAML settings (repeatable)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of CaptionConfig")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may come after flags
     try:
         config = load_config(CaptionConfig, args.config, args.overrides)
         return run(config)

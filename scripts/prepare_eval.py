@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", help="folder with the original images (searched recursively)")
     parser.add_argument("--out", dest="prepared_dir", help="where to write the prepared set (prepared_dir)")
     parser.add_argument("--overwrite", action="store_true", default=None, help="redo finished images")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may come after flags
     flags = [f"{key}={_dotlist_value(getattr(args, key))}" for key in ("source", "prepared_dir", "overwrite")
              if getattr(args, key) is not None]
     try:

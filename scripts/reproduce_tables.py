@@ -1,10 +1,14 @@
-"""Reproduce a Table 1 column: colorize a prepared evaluation set, evaluate it, and write the table in the papers'
-layout (Markdown + CSV, our row beside the published ones) with a comparison grid (gray | ours | GT).
+"""Reproduce a column of the papers' Table 1, or one ablation row, on a prepared evaluation set.
+
+Colorizes the set, evaluates it, and writes the table in the papers' layout (Markdown + CSV, our row beside the
+published ones) with a comparison grid (gray | ours | GT).
 
     python scripts/prepare_eval.py --config configs/eval/cocostuff_val.yaml --source /data/coco/val2017   # once
     python scripts/reproduce_tables.py --config configs/eval/cocostuff_val.yaml --model models/colordiff \
         --fid-weights weights/weights-inception-2015-12-05-6726825d.pth
-    accelerate launch --multi_gpu --num_processes 4 scripts/reproduce_tables.py --config ...   # colorize on 4 GPUs
+    accelerate launch --multi_gpu --num_processes 4 scripts/reproduce_tables.py --config ...   # on 4 GPUs
+    python scripts/reproduce_tables.py --config configs/eval/ablations/seada_table4_without_rca.yaml --fid-weights W
+        # one ablation row; the whole table, from every row run so far: outputs/eval/seada_table4/table_*.md
 
 Resumable: finished colorizations are skipped on a re-run. Keys of EvalSetConfig (colordiff/reproduce.py) can be
 overridden as key=value, e.g. evaluation.fid_variant=torchvision or colorize_overrides=[steps=20].
@@ -32,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", dest="output_dir", help="where results go (default outputs/eval/<set>)")
     parser.add_argument("--fid-weights", dest="fid_weights", help="local Inception weights file for FID")
     parser.add_argument("--fid-variant", dest="fid_variant", choices=["fidelity", "torchvision"])
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may come after flags
     flags = [f"{key}={_dotlist_value(getattr(args, name))}" for name, key in FLAGS.items()
              if getattr(args, name) is not None]
     try:

@@ -3,6 +3,9 @@
 import csv
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +13,12 @@ import pytest
 import torch
 import torchvision.transforms as T
 from PIL import Image
+from safetensors.torch import save_file
 from test_metrics import load_tiny_features, write_tiny_weights
 
 from colordiff import metrics as M
 from colordiff.cli import main
-from colordiff.evaluate import Protocol, apply_protocol
+from colordiff.evaluate import Protocol, apply_protocol, pair_folders
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -190,3 +194,91 @@ def test_ground_truth_against_itself(folders, tiny_fid, capsys):
     assert abs(results["fid"]) < 1e-6  # singular 8x8 covariances of 4 images: sqrt of ~0 eigenvalues
     assert results["fid_weights_sha256"] == M.file_sha256(tiny_fid) and len(results["fid_weights_sha256"]) == 64
     assert torch.is_tensor(M.colorfulness(np.zeros((8, 8, 3), np.uint8)))
+
+
+# run by every launched process: `colordiff` (colordiff.cli.main) with test_metrics' tiny FID extractor registered,
+# counting the images whose features this process extracts
+_LAUNCHER = """
+import os, sys
+from pathlib import Path
+import torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from test_metrics import load_tiny_features
+from colordiff import metrics as M
+from colordiff.cli import main
+
+seen = []
+def tiny(path):
+    extractor = load_tiny_features(path)
+    extractor.num_features = int(extractor.proj.shape[0])  # no probe image
+    extractor.register_forward_hook(lambda module, args, out: seen.append(len(out)))
+    return extractor
+
+M.FID_VARIANTS["tiny"] = tiny
+status = main()
+Path({log!r}, "features." + os.environ["RANK"]).write_text(str(sum(seen)))
+dist.barrier()  # both counts written before a status-1 exit gets the other process stopped
+sys.exit(status)
+"""
+
+
+@pytest.mark.slow
+def test_accelerate_launch_splits_pairs_and_equals_one_process(tmp_path, monkeypatch, capsys):
+    """Two CPU processes (gloo) each score every other pair; rows, failures and FID statistics are combined, so the
+    JSON and CSV equal one process's. Native sizes differ (shape groups within batches) and one file is broken."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for i in range(9):  # 8 pairs scored: 4 on each process, one of which also reports the broken file
+        truth = _smooth(24 + 4 * (i % 3), 28 + 2 * (i % 2), i)
+        _save(gt / ("sub" if i % 4 == 1 else "") / f"im{i}.png", truth)
+        guess = np.clip(truth.astype(int) // 2 + 12 * i + 30, 0, 255).astype(np.uint8)
+        _save(pred / ("sub" if i % 4 == 1 else "") / f"im{i}.png", guess)
+    (pred / "im4.png").write_bytes(b"\x89PNG truncated")
+    # 4 features, fewer than the 8 images: full-rank covariances, so summation order only moves the FID by rounding
+    weights = tmp_path / "tiny4.safetensors"
+    save_file({"proj": torch.randn(4, 48, generator=torch.Generator().manual_seed(0))}, str(weights))
+    args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "colorfulness", "psnr", "ssim", "fid",
+            "--fid-variant", "tiny", "--fid-weights", str(weights), "--size", "0", "batch_size=2"]
+
+    launcher = tmp_path / "launch_colordiff.py"
+    multi = tmp_path / "multi"
+    launcher.write_text(_LAUNCHER.format(tests=str(Path(__file__).resolve().parent), log=str(tmp_path)))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(launcher), *args,
+           "--json", str(multi / "r.json"), "--csv", str(multi / "r.csv")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    # status 1 (a pair failed) from both processes, after the main one wrote the files; no process crashed
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "[rank" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.count("evaluated 8 image pairs, 1 failed") == 1  # only the main process prints
+    assert result.stderr.count(f"{pred / 'im4.png'}: not a recognised image format") == 1  # by its process
+    assert json.loads(result.stdout) == json.loads((multi / "r.json").read_text())
+    # each process extracted FID features of its share only, pairs[rank::2] (pred and gt of every readable pair)
+    keys = [key for key, _, _ in pair_folders(pred, gt)]
+    for rank in (0, 1):
+        share = [key for key in keys[rank::2] if key != "im4"]
+        assert int((tmp_path / f"features.{rank}").read_text()) == 2 * len(share), rank
+
+    monkeypatch.setitem(M.FID_VARIANTS, "tiny", load_tiny_features)
+    single = tmp_path / "single"
+    assert main([*args, "--json", str(single / "r.json"), "--csv", str(single / "r.csv")]) == 1
+    capsys.readouterr()
+
+    one, two = (json.loads((d / "r.json").read_text()) for d in (single, multi))
+    for results in (one, two):
+        results["config"].pop("json"), results["config"].pop("csv")
+    assert two["n_images"] == one["n_images"] == 8 and two["failed"] == one["failed"] and two["n_failed"] == 1
+    assert two["config"] == one["config"]
+    assert two["fid"] == pytest.approx(one["fid"], rel=1e-6) and one["fid"] > 0.01
+    for key, value in one.items():
+        if isinstance(value, float) and key != "fid":
+            assert two[key] == pytest.approx(value, rel=1e-9, abs=0), key  # rows in one order: the same means
+    assert two.keys() == one.keys()
+
+    rows_one, rows_two = (list(csv.DictReader((d / "r.csv").open())) for d in (single, multi))
+    names = sorted(p.relative_to(gt).with_suffix("").as_posix() for p in gt.rglob("*.png"))
+    assert [r["image"] for r in rows_two] == [r["image"] for r in rows_one] == [n for n in names if n != "im4"]
+    for row_one, row_two in zip(rows_one, rows_two, strict=True):
+        assert row_two.keys() == row_one.keys() and row_two["gt_path"] == row_one["gt_path"]
+        for key in row_one.keys() - {"image", "gt_path"}:
+            assert float(row_two[key]) == pytest.approx(float(row_one[key]), rel=1e-12), (row_one["image"], key)

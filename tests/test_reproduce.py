@@ -3,6 +3,9 @@
 import csv
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,12 +103,12 @@ def test_prepare_colorize_evaluate_table(originals, tiny_model_dir, tmp_path, mo
         published = load_published(name)
         with open(out / f"table_{name}.csv") as fh:
             rows = list(csv.reader(fh))
-        assert rows[0] == ["method"] + published["columns"]
+        assert rows[0] == ["method"] + published["columns"] + ["source"]
         paper_rows = published["sets"]["cocostuff_val"]["rows"]
-        assert rows[1:-1] == [[str(v) if v is not None else "-" for v in row] for row in paper_rows]
+        assert rows[1:-1] == [[str(v) if v is not None else "-" for v in row] + ["published"] for row in paper_rows]
         ours = rows[-1]
-        assert ours[0] == "ColorDiff (this implementation)"
-        assert [float(v) for v in ours[1:]] == [results[c] for c in published["columns"]]
+        assert ours[0] == "ColorDiff (this implementation)" and ours[-1] == "ours"
+        assert [float(v) for v in ours[1:-1]] == [results[c] for c in published["columns"]]
         markdown = (out / f"table_{name}.md").read_text().splitlines()
         our_line = next(line for line in markdown if line.startswith("| **ColorDiff (this implementation)**"))
         assert our_line.split(" | ")[1:] == [f"{results[c]:.2f}" for c in published["columns"][:-1]] + \
@@ -176,3 +179,113 @@ def test_eval_set_configs_lists_and_published_tables():
     assert len(seada["cocostuff_val"]["rows"]) == 13
     colordiff = load_published("colordiff_table1")["sets"]["cocostuff_val"]["rows"]
     assert colordiff[4] == ["CT2 [2]", "25.87", "39.64", "22.80"] and len(colordiff) == 7
+
+
+def test_ablation_configs_cover_every_published_row():
+    """One config per ablation row: each names a row of its table, the set's settings come from its defaults."""
+    covered: dict[str, list[str]] = {}
+    outputs = set()
+    for path in sorted((REPO / "configs" / "eval" / "ablations").glob("*.yaml")):
+        config = load_config(EvalSetConfig, [path])
+        base = load_config(EvalSetConfig, [REPO / "configs" / "eval" / f"{config.name}.yaml"])
+        assert (config.prepared_dir, config.protocol, config.file_list) == \
+            (base.prepared_dir, base.protocol, base.file_list), path.name  # the set's images, prepared once
+        assert config.published == [path.stem.rsplit("_", 1)[0]] or path.stem.startswith(config.published[0])
+        table = load_published(config.published[0])
+        labels = [row[0] for row in table["sets"][config.name]["rows"]]
+        assert config.row in labels, path.name
+        covered.setdefault(config.published[0], []).append(config.row)
+        assert config.model and config.output_dir not in outputs and config.output_dir != base.output_dir
+        outputs.add(config.output_dir)
+        assert config.pred_dir in (None, f"{base.output_dir}/pred"), path.name  # only the full model shares Table 1's
+        for file in config.colorize_config + [o.split("=", 1)[1] for o in config.colorize_overrides
+                                              if o.startswith("priors_config=")]:
+            assert (REPO / file).is_file(), (path.name, file)
+    assert set(covered) == {"colordiff_table2", "seada_table2", "seada_table3", "seada_table4", "seada_table5"}
+    for name, rows in covered.items():
+        published = load_published(name)
+        (set_name,) = published["sets"]
+        assert sorted(rows) == sorted(r[0] for r in published["sets"][set_name]["rows"]), name
+    # a few cells, as printed in the papers
+    assert load_published("colordiff_table2")["sets"]["cocostuff_val"]["rows"][1][1:] == ["9.917", "42.55"]
+    assert load_published("seada_table2")["sets"]["imagenet_val5k"]["rows"][0][1:] == ["6.93", "4.31", "22.67"]
+    assert load_published("seada_table3")["sets"]["imagenet_val5k"]["rows"][1][1:] == ["4.12", "1.82", "24.26"]
+    assert load_published("seada_table4")["sets"]["imagenet_val5k"]["rows"][1][1:] == ["3.26", "1.23", "24.53"]
+    assert load_published("seada_table5")["sets"]["imagenet_val5k"]["rows"][2][1:] == ["3.45", "1.46", "24.53"]
+
+
+def test_ablation_rows_fill_the_whole_table(originals, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(M.FID_VARIANTS, "tiny", load_tiny_features)
+    weights = write_tiny_weights(tmp_path / "fid.safetensors")
+    prepared, table_dir = tmp_path / "prepared", tmp_path / "seada_table4"
+    assert _script("prepare_eval").main(["--config", "configs/eval/cocostuff_val.yaml", "--source", str(originals),
+                                         "--out", str(prepared), "protocol.size=64"]) == 0
+    repro = _script("reproduce_tables").main
+
+    def run(row: str, *overrides: str) -> int:
+        return repro(["--config", f"configs/eval/ablations/seada_table4_{row}.yaml", "--model", str(tiny_model_dir),
+                      "--prepared", str(prepared), "--output-dir", str(table_dir / row), "--fid-weights",
+                      str(weights), "protocol.size=64", "colorize_config=[configs/tiny/colorize.yaml]",
+                      "evaluation.fid_variant=tiny", "grid_count=2", *overrides])
+
+    def table() -> list[list[str]]:
+        with open(table_dir / "table_seada_table4.csv") as fh:
+            return list(csv.reader(fh))
+
+    published = [[*row, "published"] for row in load_published("seada_table4")["sets"]["imagenet_val5k"]["rows"]]
+    assert run("without_rca", "colorize_overrides=[steps=2]") == 0
+    without = json.loads((table_dir / "without_rca" / "metrics.json").read_text())
+    ours_without = ["w/o RCA (ours)"] + [repr(without[c]) for c in ("fid", "delta_cf", "psnr")] + ["ours"]
+    assert table()[1:] == [published[0], ours_without, published[1]]  # our row right under the one it reproduces
+
+    # the full-model row shares another run's colorized images (pred_dir); a different seed, so other numbers
+    shared = tmp_path / "imagenet_val5k" / "pred"
+    assert run("with_rca", "colorize_overrides=[steps=2,seed=1]", f"pred_dir={shared}") == 0
+    assert len(list(shared.glob("*.png"))) == 4 and not (table_dir / "with_rca" / "pred").exists()
+    with_rca = json.loads((table_dir / "with_rca" / "metrics.json").read_text())
+    assert with_rca["fid"] != without["fid"]
+    ours_with = ["with RCA (ours)"] + [repr(with_rca[c]) for c in ("fid", "delta_cf", "psnr")] + ["ours"]
+    assert table()[1:] == [published[0], ours_without, published[1], ours_with]
+    markdown = (table_dir / "table_seada_table4.md").read_text()
+    assert f"| **with RCA (ours)** | {with_rca['fid']:.2f} | {with_rca['delta_cf']:.2f} | {with_rca['psnr']:.2f} |" \
+        in markdown and "| w/o RCA | 4.57 | 2.85 | 23.31 |" in markdown
+    # each run's own table holds its row only
+    with open(table_dir / "with_rca" / "table_seada_table4.csv") as fh:
+        assert list(csv.reader(fh))[1:] == [published[0], published[1], ours_with]
+
+    # a row the table does not have stops the run before anything is colorized
+    capsys.readouterr()
+    assert run("without_rca", "row=w/o everything", f"output_dir={tmp_path / 'bad'}") == 2
+    err = capsys.readouterr().err
+    assert "row 'w/o everything' is not a row of SeAda (paper 001), Table 4: RCA (imagenet_val5k)" in err
+    assert "rows: w/o RCA; with RCA" in err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_split_colorizing_and_scoring(originals, tiny_model_dir, tmp_path, capsys):
+    """`accelerate launch` with 2 CPU processes: the same predictions (per-file seeds), tables and metrics as one."""
+    prepared = tmp_path / "prepared"
+    assert _script("prepare_eval").main(["--config", "configs/eval/cocostuff_val.yaml", "--source", str(originals),
+                                         "--out", str(prepared), "protocol.size=64"]) == 0
+    args = ["--config", "configs/eval/ablations/colordiff_table2_a.yaml", "--model", str(tiny_model_dir),
+            "--prepared", str(prepared), "protocol.size=64", "colorize_config=[configs/tiny/colorize.yaml]",
+            "colorize_overrides=[steps=2,priors=none]", "evaluation.metrics=[colorfulness,psnr]", "grid_count=2"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    multi, single = tmp_path / "table" / "multi", tmp_path / "table" / "single"
+    result = subprocess.run([*launch, str(REPO / "scripts" / "reproduce_tables.py"), *args, "--output-dir",
+                             str(multi)], capture_output=True, text=True, cwd=REPO, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    # each process colorized its share (every other file), then scored its share of the pairs
+    assert "3 colorized, 0 skipped (already done), 0 failed [process 1/2]" in result.stderr
+    assert "2 colorized, 0 skipped (already done), 0 failed [process 2/2]" in result.stderr
+    # one process, scoring the same colorized images (it colorizes nothing): the same numbers, row for row
+    assert _script("reproduce_tables").main([*args, "--output-dir", str(single), f"pred_dir={multi / 'pred'}"]) == 0
+    assert "0 colorized, 5 skipped (already done)" in capsys.readouterr().err
+    one, two = (json.loads((d / "metrics.json").read_text()) for d in (single, multi))
+    assert one.pop("config") == two.pop("config") and one == two and one["n_images"] == 5
+    assert (multi / "per_image.csv").read_text() == (single / "per_image.csv").read_text()
+    with open(tmp_path / "table" / "table_colordiff_table2.csv") as fh:  # both runs are rows of the whole table
+        ours = [row for row in csv.reader(fh) if row[-1] == "ours"]
+    assert len(ours) == 2 and ours[0] == ours[1]

@@ -119,6 +119,22 @@ TINY_COCA_CONFIG = {
 }
 
 
+def init_coca_text_projection(model):
+    """Initialise the one parameter open_clip's CoCa leaves as uninitialised memory, and return `model`.
+
+    open_clip's MultimodalTransformer (the CoCa text decoder) allocates `text_projection` (width x vocabulary) with
+    torch.empty and never initialises it: its init_parameters is not called (and would fail if it were). A freshly
+    mapped page reads as zeros, so in a new process the projection usually happens to be 0; in a long process (a
+    test suite) the allocator hands back freed memory and the projection holds whatever was there: garbage up to
+    1e16 and more, which can make every logit a tie and every caption "!!!!!!". Here it gets open_clip's intended
+    init (normal, std width ** -0.5). Real checkpoints overwrite it when loaded (strictly): only random models need it.
+    """
+    decoder = model.text_decoder
+    with torch.no_grad():
+        torch.nn.init.normal_(decoder.text_projection, std=decoder.width ** -0.5)
+    return model
+
+
 def save_tiny_coca(path: str | Path, seed: int = 0) -> Path:
     """An open_clip CoCa (1-layer towers, width 32, 32 px, CLIP's 49408-token vocabulary) in the hub layout:
     open_clip_config.json + open_clip_model.safetensors."""
@@ -127,8 +143,8 @@ def save_tiny_coca(path: str | Path, seed: int = 0) -> Path:
 
     config = {k: v for k, v in TINY_COCA_CONFIG.items() if k != "custom_text"}
     with _seeded(seed), torch.no_grad():
-        model = CoCa(**config)
-        for param in model.parameters():  # open_clip zero-inits some projections: make every part matter
+        model = init_coca_text_projection(CoCa(**config))
+        for param in model.parameters():  # open_clip zero-inits some biases and projections: make every part matter
             param.add_(torch.randn_like(param) * 0.3)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -257,7 +273,7 @@ def paper_sized_generators(device="cpu", dtype=torch.float32) -> dict:
     coca_config = {k: v for k, v in get_model_config("coca_ViT-L-14").items() if k != "custom_text"}
     generators = {
         "blip": BlipCaptioner(blip, blip_processor, max_new_tokens=30, num_beams=3),
-        "coca": CocaCaptioner(CoCa(**coca_config), 224, max_new_tokens=30, num_beams=3),
+        "coca": CocaCaptioner(init_coca_text_projection(CoCa(**coca_config)), 224, max_new_tokens=30, num_beams=3),
         "efficientnet": EfficientNetClassifier(efficientnet, EfficientNetImageProcessor(
             size={"height": 600, "width": 600})),
         "mask2former": Mask2FormerSegmenter(mask2former, Mask2FormerImageProcessor(size={"height": 384, "width": 384}),

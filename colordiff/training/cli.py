@@ -12,7 +12,7 @@ def run_script(schema, train_main, description: str, argv: list[str] | None = No
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", action="append", default=[], help="YAML recipe (repeatable; later files win)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any key of the recipe")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may come after flags
     try:
         config = load_config(schema, args.config, args.overrides)
     except ConfigError as err:
