@@ -10,7 +10,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 
-from colordiff.config import ConfigError, is_override, load_config
+from colordiff.config import ConfigError, error_line, is_override, load_config
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 print(f"colordiff: wrote {merge_decoder(args.model, args.decoder_model, args.output)}", file=sys.stderr)
             except (OSError, ValueError) as err:
-                raise UsageError(str(err).strip().splitlines()[0]) from None
+                raise UsageError(error_line(err)) from None
             return EXIT_OK
     except (ConfigError, UsageError) as err:
         print(f"colordiff: error: {err}", file=sys.stderr)

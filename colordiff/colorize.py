@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from colordiff.cli import EXIT_FAILURES, EXIT_OK, ColorizeConfig, UsageError
+from colordiff.config import error_line
 from colordiff.devices import DTYPES, accelerator_available
 from colordiff.io import ImageReadError, atomic_write, is_image_path, output_suffix, read_image, write_image
 
@@ -91,7 +92,7 @@ def load_captions(path: str) -> dict[str, str]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read captions file {path}: {_first_line(err)}") from None
+        raise UsageError(f"cannot read captions file {path}: {error_line(err)}") from None
     captions: dict[str, str] = {}
     first_line: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), 1):
@@ -178,7 +179,7 @@ def load_model(config: ColorizeConfig, device: torch.device, dtype: torch.dtype)
     try:
         pipe = load_pipeline(config.model, dtype=dtype, local_files_only=config.local_files_only)
     except (OSError, ValueError, TypeError) as err:
-        raise UsageError(f"cannot load model {config.model}: {_first_line(err)}") from None
+        raise UsageError(f"cannot load model {config.model}: {error_line(err)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -201,7 +202,7 @@ def prepare_priors(pipe, config: ColorizeConfig, device: torch.device, dtype: to
         for kind in kinds:
             pipe.prior_generators.generator(kind, device, dtype)
     except ValueError as err:  # ConfigError, PriorGeneratorError and missing generators are ValueErrors
-        raise UsageError(_first_line(err)) from None
+        raise UsageError(error_line(err)) from None
     return kinds
 
 
@@ -302,7 +303,7 @@ def _colorize_batch(pipe, loaded, config: ColorizeConfig, kinds: tuple[str, ...]
         results = output.images
     except Exception as err:  # noqa: BLE001 - one bad batch must not stop the job
         for job, _ in loaded:
-            _report(f"{job.source}: colorization failed: {type(err).__name__}: {_first_line(err)}")
+            _report(f"{job.source}: colorization failed: {type(err).__name__}: {error_line(err)}")
         return 0, len(loaded)
 
     ok = bad = 0
@@ -317,7 +318,7 @@ def _colorize_batch(pipe, loaded, config: ColorizeConfig, kinds: tuple[str, ...]
                 _write_priors(job, used, config)
             ok += 1
         except (OSError, ValueError) as err:
-            _report(f"{job.source}: cannot write output: {_first_line(err)}")
+            _report(f"{job.source}: cannot write output: {error_line(err)}")
             bad += 1
     return ok, bad
 
@@ -362,9 +363,6 @@ def _report(message: str) -> None:
     tqdm.write(f"colordiff: {message}", file=sys.stderr)
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # -- init-model -----------------------------------------------------------------------------------------------------
@@ -391,7 +389,7 @@ def run_init_model(output: str, *, tiny: bool, base: str | None, dtype: str, loc
         try:
             pipe = cls.from_stable_diffusion(base, dtype=DTYPES[dtype], local_files_only=local_files_only)
         except (OSError, ValueError) as err:
-            raise UsageError(f"cannot load Stable Diffusion weights from {base}: {_first_line(err)}") from None
+            raise UsageError(f"cannot load Stable Diffusion weights from {base}: {error_line(err)}") from None
     save_pipeline_atomically(pipe, target)
     print(f"colordiff: wrote {'tiny random' if tiny else 'untrained'} {name} model to {target}", file=sys.stderr)
     return EXIT_OK

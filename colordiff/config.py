@@ -37,14 +37,14 @@ def load_config(schema: type[T], files: Sequence[str | Path] = (), overrides: Se
         try:
             merged = OmegaConf.merge(merged, read_yaml(path))
         except OmegaConfBaseException as err:
-            raise ConfigError(f"{path}: {_one_line(err)}") from None
+            raise ConfigError(f"{path}: {error_line(err)}") from None
     try:
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)
     except MissingMandatoryValue as err:
         raise ConfigError(f"{err.full_key} is required (set it in a config file or as {err.full_key}=...)") from None
     except OmegaConfBaseException as err:
-        raise ConfigError(f"overrides {' '.join(overrides) or '(none)'}: {_one_line(err)}") from None
+        raise ConfigError(f"overrides {' '.join(overrides) or '(none)'}: {error_line(err)}") from None
 
 
 def read_yaml(path: Path, _including: tuple[Path, ...] = ()) -> DictConfig:
@@ -57,7 +57,7 @@ def read_yaml(path: Path, _including: tuple[Path, ...] = ()) -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"{path}: {_one_line(err)}") from None
+        raise ConfigError(f"{path}: {error_line(err)}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: expected a mapping of settings, got a {type(loaded).__name__}")
     bases = loaded.pop("defaults", None)
@@ -78,5 +78,7 @@ def to_yaml(config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
-def _one_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0]
+def error_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): errors are reported in one line."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

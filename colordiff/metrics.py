@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from colordiff.config import error_line
+
 COLORFULNESS_VARIANTS = ("abs", "hasler")
 
 
@@ -144,13 +146,13 @@ def load_state_dict_file(path: str | os.PathLike, what: str) -> dict[str, torch.
         try:
             return load_file(path)
         except Exception as err:  # noqa: BLE001 - safetensors raises several types for damaged files
-            raise WeightsError(f"{path}: not a readable safetensors file: {_first_line(err)}") from None
+            raise WeightsError(f"{path}: not a readable safetensors file: {error_line(err)}") from None
     try:
         # weights_only=True: the unpickler only rebuilds tensors and plain containers, never arbitrary objects
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ... for bad files
         raise WeightsError(f"{path}: cannot read as plain-tensor weights (torch.load weights_only=True): "
-                           f"{_first_line(err)}") from None
+                           f"{error_line(err)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
     return dict(state)
@@ -165,9 +167,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # -----------------------------------------------------------------------------
@@ -261,7 +260,7 @@ def load_torchvision_inception(path: str | os.PathLike) -> TorchvisionInception:
 def _state_dict_error(err: RuntimeError) -> str:
     """load_state_dict's multi-line message as one short line."""
     lines = [" ".join(line.split()) for line in str(err).splitlines()[1:] if line.strip()]
-    text = "; ".join(lines) or _first_line(err)
+    text = "; ".join(lines) or error_line(err)
     return text if len(text) <= 300 else text[:297] + "..."
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from colordiff.config import load_config
+from colordiff.config import error_line, load_config
 from colordiff.io import ImageReadError, atomic_write, read_image
 from colordiff.semantics import CaptionerConfig, build_generator, grayscale
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(CaptionConfig, args.config, args.overrides)
         return run(config)
     except (ValueError, FileNotFoundError) as err:  # ConfigError and PriorGeneratorError are ValueErrors
-        print(f"caption: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"caption: error: {error_line(err)}", file=sys.stderr)
         return 2
 
 

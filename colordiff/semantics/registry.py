@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from colordiff.config import error_line
 from colordiff.semantics.base import PriorGenerator, PriorGeneratorError, resolve_source
 from colordiff.semantics.captioners import Blip2Captioner, BlipCaptioner, CocaCaptioner
 from colordiff.semantics.classifier import EfficientNetClassifier
@@ -47,7 +48,7 @@ def build_generator(config: CaptionerConfig | ClassifierConfig | SegmenterConfig
         return cls.from_pretrained(source, revision=config.revision, local_files_only=local_files_only,
                                    device=device, dtype=dtype, **options)
     except Exception as err:  # noqa: BLE001 - hub, file and format errors all become one clear line
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = error_line(err)
         if source is not None and not Path(source).is_dir():  # "a/b" is a hub id unless such a folder exists
             reason = f"no such folder{f' under {base_dir}' if base_dir else ''}, and as a hub id: {reason}"
         raise PriorGeneratorError(f"cannot load {kind} '{config.name}' from {config.source}: {reason}") from err
