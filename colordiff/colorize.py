@@ -363,8 +363,6 @@ def _report(message: str) -> None:
     tqdm.write(f"colordiff: {message}", file=sys.stderr)
 
 
-
-
 # -- init-model -----------------------------------------------------------------------------------------------------
 def run_init_model(output: str, *, tiny: bool, base: str | None, dtype: str, local_files_only: bool, seed: int,
                    overwrite: bool, method: str = "colordiff") -> int:

@@ -8,6 +8,7 @@ scripts/prepare_eval.py and scripts/reproduce_tables.py are thin entry points ov
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
-from colordiff.cli import EXIT_FAILURES, EXIT_OK, UsageError
+from colordiff.cli import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, UsageError
 from colordiff.config import ConfigError, load_config
 from colordiff.evaluate import (
     REPO,
@@ -178,11 +179,11 @@ class OurRow:
     results: dict
 
 
-def check_row(table: dict, set_name: str, row: str | None, where: str) -> None:
+def check_row(table: dict, set_name: str, row: str | None) -> None:
     """A run's `row` must name one of the published rows of its set (before hours of colorizing)."""
     labels = [r[0] for r in table["sets"][set_name]["rows"]]
     if row is not None and row not in labels:
-        raise UsageError(f"{where}: row {row!r} is not a row of {table['title']} ({set_name}); rows: "
+        raise UsageError(f"row {row!r} is not a row of {table['title']} ({set_name}); rows: "
                          + "; ".join(labels))
 
 
@@ -289,7 +290,7 @@ def reproduce_tables(config: EvalSetConfig) -> int:
     for name, table in zip(config.published, published, strict=True):
         if config.name not in table["sets"]:
             raise UsageError(f"published table {name} has no rows for set {config.name!r}")
-        check_row(table, config.name, config.row, "row")
+        check_row(table, config.name, config.row)
     out = Path(config.output_dir or f"outputs/eval/{config.name}")
     pred_dir = Path(config.pred_dir) if config.pred_dir else out / "pred"
 
@@ -298,7 +299,7 @@ def reproduce_tables(config: EvalSetConfig) -> int:
                            + list(config.colorize_overrides))
     colorize.inputs, colorize.overwrite = [str(gray_dir)], config.overwrite
     for key in ("priors_config", "captions"):  # files named by the configs, relative to the repository
-        if getattr(colorize, key, None):
+        if getattr(colorize, key):
             setattr(colorize, key, str(repo_path(getattr(colorize, key))))
     status = run_colorize(colorize)
     state = PartialState()
@@ -352,3 +353,31 @@ def write_results(config: EvalSetConfig, out: Path, pred_dir: Path, results: dic
     print("\n".join(markdown) or to_json(results))
     print(f"colordiff: results in {out} (metrics.json, per_image.csv, table_*.md|csv, grid.png)"
           + (f"; whole tables in {out.parent}" if config.row is not None else ""), file=sys.stderr)
+
+
+# -----------------------------------------------------------------------------
+# scripts/prepare_eval.py and scripts/reproduce_tables.py
+
+
+def eval_set_parser(doc: str) -> argparse.ArgumentParser:
+    """The scripts' common arguments: --config files and positional key=value overrides of EvalSetConfig."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    parser.add_argument("--config", action="append", default=[], help="configs/eval/<set>.yaml (repeatable)")
+    return parser
+
+
+def eval_set_main(prog: str, parser: argparse.ArgumentParser, flags: dict[str, str], job, argv=None) -> int:
+    """--config files <- flags (argparse dest -> config key) <- key=value overrides, then job(config): its exit
+    status, or 2 with one line naming `prog` for a bad config or usage."""
+    from colordiff.cli import _dotlist_value
+
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may come after flags
+    given = [f"{key}={_dotlist_value(getattr(args, name))}" for name, key in flags.items()
+             if getattr(args, name) is not None]
+    try:
+        config = load_config(EvalSetConfig, [repo_path(c) for c in args.config], given + args.overrides)
+        return job(config)
+    except (ConfigError, UsageError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE

@@ -10,30 +10,18 @@ Re-running skips finished images. Keys of EvalSetConfig (colordiff/reproduce.py)
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from colordiff.cli import EXIT_USAGE, UsageError, _dotlist_value
-from colordiff.config import ConfigError, load_config
-from colordiff.reproduce import EvalSetConfig, prepare_eval_set, repo_path
+from colordiff.reproduce import eval_set_main, eval_set_parser, prepare_eval_set
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    parser.add_argument("--config", action="append", default=[], help="configs/eval/<set>.yaml (repeatable)")
+    parser = eval_set_parser(__doc__)
     parser.add_argument("--source", help="folder with the original images (searched recursively)")
     parser.add_argument("--out", dest="prepared_dir", help="where to write the prepared set (prepared_dir)")
     parser.add_argument("--overwrite", action="store_true", default=None, help="redo finished images")
-    args = parser.parse_intermixed_args(argv)  # key=value overrides may come after flags
-    flags = [f"{key}={_dotlist_value(getattr(args, key))}" for key in ("source", "prepared_dir", "overwrite")
-             if getattr(args, key) is not None]
-    try:
-        config = load_config(EvalSetConfig, [repo_path(c) for c in args.config], flags + args.overrides)
-        return prepare_eval_set(config)
-    except (ConfigError, UsageError) as err:
-        print(f"prepare_eval: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    flags = {key: key for key in ("source", "prepared_dir", "overwrite")}
+    return eval_set_main("prepare_eval", parser, flags, prepare_eval_set, argv)
 
 
 if __name__ == "__main__":

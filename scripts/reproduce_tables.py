@@ -16,35 +16,22 @@ overridden as key=value, e.g. evaluation.fid_variant=torchvision or colorize_ove
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from colordiff.cli import EXIT_USAGE, UsageError, _dotlist_value
-from colordiff.config import ConfigError, load_config
-from colordiff.reproduce import EvalSetConfig, repo_path, reproduce_tables
+from colordiff.reproduce import eval_set_main, eval_set_parser, reproduce_tables
 
 FLAGS = {"model": "model", "output_dir": "output_dir", "fid_weights": "evaluation.fid_weights",
          "fid_variant": "evaluation.fid_variant", "prepared_dir": "prepared_dir"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    parser.add_argument("--config", action="append", default=[], help="configs/eval/<set>.yaml (repeatable)")
+    parser = eval_set_parser(__doc__)
     parser.add_argument("--model", help="model folder or hub id to colorize with")
     parser.add_argument("--prepared", dest="prepared_dir", help="the prepared set (default: from the config)")
     parser.add_argument("--output-dir", dest="output_dir", help="where results go (default outputs/eval/<set>)")
     parser.add_argument("--fid-weights", dest="fid_weights", help="local Inception weights file for FID")
     parser.add_argument("--fid-variant", dest="fid_variant", choices=["fidelity", "torchvision"])
-    args = parser.parse_intermixed_args(argv)  # key=value overrides may come after flags
-    flags = [f"{key}={_dotlist_value(getattr(args, name))}" for name, key in FLAGS.items()
-             if getattr(args, name) is not None]
-    try:
-        config = load_config(EvalSetConfig, [repo_path(c) for c in args.config], flags + args.overrides)
-        return reproduce_tables(config)
-    except (ConfigError, UsageError) as err:
-        print(f"reproduce_tables: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    return eval_set_main("reproduce_tables", parser, FLAGS, reproduce_tables, argv)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_benchmark_prints_json_contract_last():
-    cmd = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "resolution=64", "steps=2", "batch_sizes=[1,2]",
-           "warmup=0", "repeats=1"]
+def _benchmark(*overrides: str) -> dict:
+    """Run scripts/benchmark.py; its report is the JSON on the last line of stdout."""
+    cmd = [sys.executable, str(REPO / "scripts" / "benchmark.py"), *overrides]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_benchmark_prints_json_contract_last():
+    report = _benchmark("resolution=64", "steps=2", "batch_sizes=[1,2]", "warmup=0", "repeats=1")
     assert [run["batch_size"] for run in report["runs"]] == [1, 2]
     for run in report["runs"]:
         assert run["ours_s_per_image"] > 0 and run["baseline_s_per_image"] > 0
@@ -23,11 +27,7 @@ def test_benchmark_prints_json_contract_last():
 
 
 def test_benchmark_train_mode_reports_every_step_kind():
-    cmd = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "mode=train", "resolution=64", "train_batch_size=2",
-           "warmup=0", "repeats=1"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _benchmark("mode=train", "resolution=64", "train_batch_size=2", "warmup=0", "repeats=1")
     steps = report["train_steps"]
     assert set(steps) == {"unet_precomputed", "unet_vae_on_the_fly", "baseline_sd_finetune", "decoder",
                           "baseline_decoder_finetune"}
