@@ -1,6 +1,9 @@
-"""The `colordiff` console script: `colorize` folders of photos, `init-model` to build a model folder.
+"""The `colordiff` console script. It only parses arguments and calls an application:
 
     colordiff colorize INPUT... -o OUT --model DIR_OR_HUB_ID [--config YAML] [options] [key=value ...]
+    colordiff evaluate --pred DIR --gt DIR [options] [key=value ...]
+    colordiff init-model OUT --tiny | --base SD15 [--method colordiff|seada]
+    colordiff merge-decoder MODEL DECODER_MODEL -o OUT
     accelerate launch -m colordiff.cli colorize ...      # files split across processes (GPUs)
 """
 
@@ -8,123 +11,140 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 
-from colordiff.config import ConfigError, error_line, is_override, load_config
+from colordiff import __version__
+from colordiff.colorize import ColorizeConfig
+from colordiff.config import ConfigError, dotlist_value, error_line, is_override, load_config
+from colordiff.errors import EXIT_OK, EXIT_USAGE, UsageError
+from colordiff.evaluate import EvalConfig
+from colordiff.init_model import BASE_MODELS
 
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
-
-BASE_MODELS = {"SD15": "stable-diffusion-v1-5/stable-diffusion-v1-5"}  # aliases accepted by `init-model --base`
+COLORIZE_DEFAULTS, EVAL_DEFAULTS = ColorizeConfig(), EvalConfig()
 
 
-@dataclass
-class ColorizeConfig:
-    """Settings of `colordiff colorize` (YAML keys; the flags are shortcuts for the same keys)."""
+def _default(value) -> str:
+    return f"(default: {value!r})" if isinstance(value, str) else f"(default: {value})"
 
-    model: str = "???"  # a model folder or hub id (required)
-    output_dir: str = "???"  # required
-    inputs: list[str] = field(default_factory=list)
-    steps: int = 50  # DDIM steps (paper 000: T = 50)
-    guidance_scale: float = 7.5
-    seed: int = 0  # with the file's relative path and the sample index, fixes each output
-    num_samples: int = 1
-    resolution: int = 512
-    batch_size: int = 4  # images (files x samples) per U-Net batch
-    prompt: str | None = None  # None: the automatic text (category + caption priors), "" without them
-    keep_luminance: bool = True
-    device: str = "auto"  # auto: this process's accelerator, else cpu
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 otherwise; or float32 / float16 / bfloat16
-    overwrite: bool = False
-    max_pixels: int = 100_000_000  # decompression-bomb guard for inputs
-    local_files_only: bool = False  # never contact the hub for --model
-    priors: str = "auto"  # auto (those the model records) | none | all | caption,category,segmentation (any subset)
-    seg_strength: float = 0.3  # segmentation guidance strength s (paper 000: 0.3); 0 turns it off
-    save_priors: bool = False  # write OUT/<name>.priors.json per input: caption, category, prompt, instances
-    priors_config: str | None = None  # YAML naming the prior generators; None: the model's semantic_priors.yaml
-    captions: str | None = None  # JSONL of per-image captions (scripts/caption.py's format) used instead of a captioner
+
+def _colorize_parser(commands) -> None:
+    d = COLORIZE_DEFAULTS
+    p = commands.add_parser(
+        "colorize", help="colorize image files and folders (recursive)",
+        description="Colorize INPUT files and folders into OUT, mirroring relative paths. Settings: --config files, "
+        "then the flags, then positional key=value overrides of ColorizeConfig's keys (colordiff/colorize.py).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, and key=value overrides")
+    p.add_argument("-o", "--output-dir", dest="output_dir", help="output folder (required)")
+    p.add_argument("--model", help="model folder or hub id (required)")
+    p.add_argument("--config", action="append", default=[], help="YAML settings, applied in order (repeatable)")
+    p.add_argument("--steps", type=int, help=f"sampling steps {_default(d.steps)}")
+    p.add_argument("--guidance-scale", dest="guidance_scale", type=float,
+                   help=f"classifier-free guidance scale {_default(d.guidance_scale)}")
+    p.add_argument("--seed", type=int, help=f"with each file's relative path and sample index, fixes its output "
+                   f"{_default(d.seed)}")
+    p.add_argument("--num-samples", dest="num_samples", type=int,
+                   help=f"outputs per input, named _0 ... _N-1 when N > 1 {_default(d.num_samples)}")
+    p.add_argument("--resolution", type=int, help=f"working side in pixels, aspect kept, sides multiples of 64 "
+                   f"{_default(d.resolution)}")
+    p.add_argument("--batch-size", dest="batch_size", type=int,
+                   help=f"images (files x samples) per U-Net batch {_default(d.batch_size)}")
+    p.add_argument("--prompt", help="text condition replacing the automatic one (default: caption and category "
+                   "priors when the model records them, else \"\")")
+    p.add_argument("--keep-luminance", dest="keep_luminance", action=argparse.BooleanOptionalAction,
+                   help=f"keep the input's exact Lab L; --no-keep-luminance returns the decoder's RGB "
+                   f"{_default(d.keep_luminance)}")
+    p.add_argument("--device", help=f"cpu, cuda, cuda:N; auto = this process's accelerator, else cpu "
+                   f"{_default(d.device)}")
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
+                   help=f"auto = bfloat16 on CUDA, float32 otherwise {_default(d.dtype)}")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help=f"recompute finished outputs {_default(d.overwrite)}")
+    p.add_argument("--local-files-only", dest="local_files_only", action="store_true", default=None,
+                   help=f"never contact the hub for --model {_default(d.local_files_only)}")
+    p.add_argument("--priors", choices=["auto", "none", "caption", "category", "segmentation", "all"],
+                   help=f"semantic priors; auto = every generator the model records {_default(d.priors)}")
+    p.add_argument("--seg-strength", dest="seg_strength", type=float,
+                   help=f"segmentation guidance strength s in [0, 1]; 0 turns it off {_default(d.seg_strength)}")
+    p.add_argument("--save-priors", dest="save_priors", action="store_true", default=None,
+                   help=f"write a JSON sidecar per input (caption, category, prompt, instances with masks) "
+                   f"{_default(d.save_priors)}")
+    p.add_argument("--captions", metavar="FILE",
+                   help="JSONL of per-image captions (as scripts/caption.py writes; \"caption_gray\" or "
+                   "\"caption\" per \"path\") used as the caption prior instead of a captioner (default: none)")
+
+
+def _init_parser(commands) -> None:
+    p = commands.add_parser("init-model", help="write an untrained ColorDiff or SeAda model folder")
+    p.add_argument("output", metavar="OUT", help="model folder to create")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tiny", action="store_true",
+                        help="tiny random components (tests, smoke runs; no download); --tiny or --base is required")
+    source.add_argument("--base", help=f"Stable Diffusion 1.5 weights: a hub id, a local folder, or an alias "
+                        f"({', '.join(f'{k} = {v}' for k, v in BASE_MODELS.items())}); --tiny or --base is required")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="weights dtype of the written folder (default: float32)")
+    p.add_argument("--local-files-only", action="store_true", help="never contact the hub for --base (default: off)")
+    p.add_argument("--seed", type=int, default=0, help="--tiny: the random initialisation (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (default: off)")
+    p.add_argument("--method", choices=["colordiff", "seada"], default="colordiff",
+                   help="which model: ColorDiff (paper 000) or SeAda (paper 001) (default: colordiff)")
+
+
+def _evaluate_parser(commands) -> None:
+    d = EVAL_DEFAULTS
+    p = commands.add_parser(
+        "evaluate", help="score a folder of colorized images against ground truths (colorfulness, ΔCF, PSNR, FID, ...)",
+        description="Pair PRED and GT files by relative path (extension-insensitive) and compute the metrics; "
+        "positional key=value arguments override EvalConfig's keys (colordiff/evaluate.py).")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--pred", help="folder of predictions (required)")
+    p.add_argument("--gt", help="folder of ground truths (required)")
+    p.add_argument("--metrics", nargs="+", help="any of colorfulness (with delta_cf), psnr, ssim, lpips, fid "
+                   "(default: colorfulness psnr, plus fid when --fid-weights is given)")
+    p.add_argument("--json", help="write the results here; they are printed either way (default: none)")
+    p.add_argument("--csv", help="write per-image metrics here (default: none)")
+    p.add_argument("--config", action="append", default=[], help="YAML settings, applied in order (repeatable)")
+    p.add_argument("--fid-weights", dest="fid_weights", help="local Inception weights file for FID (default: none)")
+    p.add_argument("--fid-variant", dest="fid_variant",
+                   help=f"fidelity = torch-fidelity's FID, torchvision = CT2's script {_default(d.fid_variant)}")
+    p.add_argument("--size", type=int, help=f"evaluation side in pixels, 0 = native {_default(d.protocol.size)}")
+    p.add_argument("--crop", choices=["center", "stretch"], help=f"how images reach size x size "
+                   f"{_default(d.protocol.crop)}")
+    p.add_argument("--resample", choices=["bicubic", "bilinear", "lanczos", "cv2"],
+                   help=f"resize filter; cv2 = cv2.resize INTER_LINEAR as DDColor {_default(d.protocol.resample)}")
+    p.add_argument("--crop-border", dest="crop_border", type=int,
+                   help=f"pixels cut from each border before PSNR and SSIM {_default(d.protocol.crop_border)}")
+    p.add_argument("--on-size-mismatch", dest="on_size_mismatch", choices=["error", "resize"],
+                   help=f"a prediction whose size differs from its ground truth's {_default(d.on_size_mismatch)}")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help=f"pairs per batch {_default(d.batch_size)}")
+    p.add_argument("--device", help=f"where FID and LPIPS run; auto = CUDA when available {_default(d.device)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="colordiff", description="Diffusion-based automatic image colorization.")
+    parser = argparse.ArgumentParser(prog="colordiff", description="Diffusion-based automatic image colorization "
+                                     "(ColorDiff and SeAda).")
+    parser.add_argument("--version", action="version", version=f"colordiff {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    colorize = commands.add_parser(
-        "colorize",
-        help="colorize image files and folders (recursive)",
-        description="Colorize INPUT files and folders into OUT, mirroring relative paths. Positional `key=value` "
-        "arguments override config keys (see ColorizeConfig); they are applied after --config and the flags.",
-    )
-    colorize.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, and key=value overrides")
-    colorize.add_argument("-o", "--output-dir", dest="output_dir", help="output folder")
-    colorize.add_argument("--model", help="model folder or hub id")
-    colorize.add_argument("--config", action="append", default=[], help="YAML settings (repeatable)")
-    colorize.add_argument("--steps", type=int)
-    colorize.add_argument("--guidance-scale", dest="guidance_scale", type=float)
-    colorize.add_argument("--seed", type=int)
-    colorize.add_argument("--num-samples", dest="num_samples", type=int)
-    colorize.add_argument("--resolution", type=int)
-    colorize.add_argument("--batch-size", dest="batch_size", type=int)
-    colorize.add_argument("--prompt")
-    colorize.add_argument("--keep-luminance", dest="keep_luminance", action=argparse.BooleanOptionalAction)
-    colorize.add_argument("--device")
-    colorize.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
-    colorize.add_argument("--overwrite", action="store_true", default=None, help="recompute finished outputs")
-    colorize.add_argument("--local-files-only", dest="local_files_only", action="store_true", default=None)
-    colorize.add_argument("--priors", choices=["auto", "none", "caption", "category", "segmentation", "all"],
-                          help="semantic priors from the generators the model records (default auto: all of them)")
-    colorize.add_argument("--seg-strength", dest="seg_strength", type=float, help="segmentation guidance s in [0, 1]")
-    colorize.add_argument("--save-priors", dest="save_priors", action="store_true", default=None,
-                          help="write a JSON sidecar per input (caption, category, prompt, instances with masks)")
-    colorize.add_argument("--captions", metavar="FILE",
-                          help="JSONL of per-image captions (as scripts/caption.py writes; \"caption_gray\" or "
-                          "\"caption\" per \"path\") used as the caption prior instead of running a captioner")
-
-    init = commands.add_parser("init-model", help="write an untrained ColorDiff model folder")
-    init.add_argument("output", metavar="OUT", help="model folder to create")
-    source = init.add_mutually_exclusive_group(required=True)
-    source.add_argument("--tiny", action="store_true", help="tiny random components (tests, smoke runs; no download)")
-    source.add_argument("--base", help="Stable Diffusion 1.5 weights: SD15, a hub id or a local folder")
-    init.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    init.add_argument("--local-files-only", action="store_true", help="never contact the hub for --base")
-    init.add_argument("--seed", type=int, default=0, help="--tiny: the random initialisation")
-    init.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    init.add_argument("--method", choices=["colordiff", "seada"], default="colordiff",
-                      help="which model: ColorDiff (paper 000) or SeAda (paper 001)")
-
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="score a folder of colorized images against ground truths (colorfulness, ΔCF, PSNR, FID, ...)",
-        description="Pair PRED and GT files by relative path (extension-insensitive) and compute the metrics; "
-        "see EvalConfig in colordiff/evaluate.py for the keys that positional key=value arguments override.",
-    )
-    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    evaluate.add_argument("--pred", help="folder of predictions")
-    evaluate.add_argument("--gt", help="folder of ground truths")
-    evaluate.add_argument("--metrics", nargs="+", help="colorfulness (with delta_cf), psnr, ssim, lpips, fid")
-    evaluate.add_argument("--json", help="write the results here (they are printed either way)")
-    evaluate.add_argument("--csv", help="write per-image metrics here")
-    evaluate.add_argument("--config", action="append", default=[], help="YAML settings (repeatable)")
-    evaluate.add_argument("--fid-weights", dest="fid_weights", help="local Inception weights file for FID")
-    evaluate.add_argument("--fid-variant", dest="fid_variant", help="fidelity (standard FID) or torchvision (CT2)")
-    evaluate.add_argument("--size", type=int, help="evaluation size (protocol.size; 0 = native)")
-    evaluate.add_argument("--crop", choices=["center", "stretch"], help="protocol.crop")
-    evaluate.add_argument("--on-size-mismatch", dest="on_size_mismatch", choices=["error", "resize"])
-    evaluate.add_argument("--batch-size", dest="batch_size", type=int)
-    evaluate.add_argument("--device")
+    _colorize_parser(commands)
+    _init_parser(commands)
+    _evaluate_parser(commands)
     merge = commands.add_parser("merge-decoder", help="put a trained luminance-aware decoder into a model folder")
     merge.add_argument("model", metavar="MODEL", help="model folder (e.g. the trained U-Net's output_dir/model)")
     merge.add_argument("decoder_model", metavar="DECODER_MODEL", help="model folder holding the trained decoder")
-    merge.add_argument("-o", "--output", required=True, help="the merged model folder to write")
+    merge.add_argument("-o", "--output", required=True, help="the merged model folder to write (required)")
     return parser
 
 
 FLAG_KEYS = [name for name in ColorizeConfig.__dataclass_fields__ if name != "inputs"]
+EVAL_FLAGS = {"pred": "pred", "gt": "gt", "json": "json", "csv": "csv", "fid_weights": "fid_weights",
+              "fid_variant": "fid_variant", "device": "device", "batch_size": "batch_size", "size": "protocol.size",
+              "crop": "protocol.crop", "resample": "protocol.resample", "crop_border": "protocol.crop_border",
+              "on_size_mismatch": "on_size_mismatch"}
 
 
 def colorize_config(args: argparse.Namespace) -> ColorizeConfig:
     """--config files <- flags given on the command line <- key=value overrides."""
     overrides = [a for a in args.inputs if is_override(a)]
-    flags = [f"{key}={_dotlist_value(getattr(args, key))}" for key in FLAG_KEYS
+    flags = [f"{key}={dotlist_value(getattr(args, key))}" for key in FLAG_KEYS
              if getattr(args, key, None) is not None]
     inputs = [a for a in args.inputs if not is_override(a)]
     config = load_config(ColorizeConfig, args.config, flags + overrides)
@@ -134,14 +154,45 @@ def colorize_config(args: argparse.Namespace) -> ColorizeConfig:
     return config
 
 
-def _dotlist_value(value) -> str:
-    if isinstance(value, str):  # quote so that omegaconf keeps strings like "1e5" or "null" as written
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return str(value).lower() if isinstance(value, bool) else str(value)
+def evaluate_config(args: argparse.Namespace) -> EvalConfig:
+    """--config files <- flags <- key=value overrides (positional, or mixed into --metrics)."""
+    metrics = [m for m in (args.metrics or []) if "=" not in m]
+    overrides = [m for m in (args.metrics or []) if "=" in m] + list(args.overrides)  # `--metrics psnr size=64`
+    bad = [o for o in overrides if not is_override(o)]
+    if bad:
+        raise ConfigError(f"unexpected arguments (expected key=value): {' '.join(bad)}")
+    flags = [f"{key}={dotlist_value(getattr(args, name))}" for name, key in EVAL_FLAGS.items()
+             if getattr(args, name, None) is not None]
+    if metrics:
+        flags.append(f"metrics=[{','.join(metrics)}]")
+    return load_config(EvalConfig, args.config, flags + overrides)
 
 
-class UsageError(ValueError):
-    """A command-line mistake (missing input path, unusable model folder): exit status 2."""
+def run(args: argparse.Namespace) -> int:
+    """Call the application a parsed command names; returns its exit status."""
+    if args.command == "colorize":
+        from colordiff.colorize import run_colorize
+
+        return run_colorize(colorize_config(args))
+    if args.command == "init-model":
+        from colordiff.init_model import run_init_model
+
+        return run_init_model(args.output, tiny=args.tiny, base=args.base, dtype=args.dtype,
+                              local_files_only=args.local_files_only, seed=args.seed, overwrite=args.overwrite,
+                              method=args.method)
+    if args.command == "evaluate":
+        from colordiff.evaluate import run_evaluate
+
+        return run_evaluate(evaluate_config(args))
+    if args.command == "merge-decoder":
+        from colordiff.pipelines.assemble import merge_decoder
+
+        try:
+            print(f"colordiff: wrote {merge_decoder(args.model, args.decoder_model, args.output)}", file=sys.stderr)
+        except (OSError, ValueError) as err:
+            raise UsageError(error_line(err)) from None
+        return EXIT_OK
+    return EXIT_USAGE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,35 +205,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         if args.command == "colorize":
             args.inputs += extra
-    except SystemExit as exit_:  # argparse's usage errors (status 2) and --help (status 0)
+    except SystemExit as exit_:  # argparse's usage errors (status 2), --help and --version (status 0)
         return int(exit_.code or 0)
     try:
-        if args.command == "colorize":
-            from colordiff.colorize import run_colorize
-
-            return run_colorize(colorize_config(args))
-        if args.command == "init-model":
-            from colordiff.colorize import run_init_model
-
-            return run_init_model(args.output, tiny=args.tiny, base=BASE_MODELS.get(args.base, args.base),
-                                  dtype=args.dtype, local_files_only=args.local_files_only, seed=args.seed,
-                                  overwrite=args.overwrite, method=args.method)
-        if args.command == "evaluate":
-            from colordiff.evaluate import evaluate_config, run_evaluate
-
-            return run_evaluate(evaluate_config(args))
-        if args.command == "merge-decoder":
-            from colordiff.pipelines.assemble import merge_decoder
-
-            try:
-                print(f"colordiff: wrote {merge_decoder(args.model, args.decoder_model, args.output)}", file=sys.stderr)
-            except (OSError, ValueError) as err:
-                raise UsageError(error_line(err)) from None
-            return EXIT_OK
+        return run(args)
     except (ConfigError, UsageError) as err:
         print(f"colordiff: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1,26 +1,57 @@
-"""The batch jobs behind the CLI: colorize files and folders, and write model folders."""
+"""`colordiff colorize`: colorize image files and folders into a mirrored output folder, resumably.
+
+ColorizeConfig holds the settings (YAML keys; the CLI flags are shortcuts for them); run_colorize is the job: plan the
+outputs, skip finished ones, split the files across launched processes, read ahead, colorize in batches, write each
+output atomically, report each bad file in one line and end with a summary and an exit status.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import sys
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from colordiff.cli import EXIT_FAILURES, EXIT_OK, ColorizeConfig, UsageError
+from colordiff.captions_file import caption_for, load_captions, priors_beside_captions
 from colordiff.config import error_line
 from colordiff.devices import DTYPES, accelerator_available
+from colordiff.errors import EXIT_FAILURES, EXIT_OK, UsageError
 from colordiff.io import ImageReadError, atomic_write, is_image_path, output_suffix, read_image, write_image
 
 SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+@dataclass
+class ColorizeConfig:
+    """Settings of `colordiff colorize` (YAML keys; the flags are shortcuts for the same keys)."""
+
+    model: str = "???"  # a model folder or hub id (required)
+    output_dir: str = "???"  # required
+    inputs: list[str] = field(default_factory=list)
+    steps: int = 50  # DDIM steps (paper 000: T = 50)
+    guidance_scale: float = 7.5
+    seed: int = 0  # with the file's relative path and the sample index, fixes each output
+    num_samples: int = 1
+    resolution: int = 512
+    batch_size: int = 4  # images (files x samples) per U-Net batch
+    prompt: str | None = None  # None: the automatic text (category + caption priors), "" without them
+    keep_luminance: bool = True
+    device: str = "auto"  # auto: this process's accelerator, else cpu
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 otherwise; or float32 / float16 / bfloat16
+    overwrite: bool = False
+    max_pixels: int = 100_000_000  # decompression-bomb guard for inputs
+    local_files_only: bool = False  # never contact the hub for --model
+    priors: str = "auto"  # auto (those the model records) | none | all | caption,category,segmentation (any subset)
+    seg_strength: float = 0.3  # segmentation guidance strength s (paper 000: 0.3); 0 turns it off
+    save_priors: bool = False  # write OUT/<name>.priors.json per input: caption, category, prompt, instances
+    priors_config: str | None = None  # YAML naming the prior generators; None: the model's semantic_priors.yaml
+    captions: str | None = None  # JSONL of per-image captions (scripts/caption.py's format) used instead of a captioner
 
 
 @dataclass
@@ -76,87 +107,6 @@ def sample_seed(seed: int, relative: Path, sample: int) -> int:
     """A seed that depends only on (seed, file, sample): results ignore batch size, order and process count."""
     digest = hashlib.sha256(f"{seed}\0{relative.as_posix()}\0{sample}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-# -- captions from a file (--captions) ----------------------------------------------------------------------------
-CAPTION_KEYS = ("caption_gray", "caption")  # scripts/caption.py's gray caption; "caption" for hand-written files
-
-
-def load_captions(path: str) -> dict[str, str]:
-    """{normalised "path": caption} from a JSONL file, one JSON object a line (blank lines skipped).
-
-    The format scripts/caption.py writes: `{"path": ..., "caption_gray": ..., ...}`; other keys are ignored and
-    "caption" is accepted in place of "caption_gray". Anything else (bad JSON, no "path", no caption, a caption that is
-    not a string, two different captions for one path) is a usage error naming FILE:LINE, before any image is read.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read captions file {path}: {error_line(err)}") from None
-    captions: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"{where}: not valid JSON ({err.msg}, column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise UsageError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        key = record.get("path")
-        if not isinstance(key, str) or not key.strip():
-            raise UsageError(f'{where}: no "path" string')
-        present = [k for k in CAPTION_KEYS if k in record]
-        if not present:
-            raise UsageError(f'{where}: no "caption_gray" (or "caption") for {key}')
-        for name in present:
-            if not isinstance(record[name], str):
-                raise UsageError(f'{where}: "{name}" must be a string, got {json.dumps(record[name])}')
-        if len({record[k] for k in present}) > 1:
-            raise UsageError(f'{where}: "caption_gray" and "caption" differ; give one')
-        key, caption = _caption_key(key), record[present[0]]
-        if captions.get(key, caption) != caption:
-            raise UsageError(f"{where}: a different caption for {key} than on line {first_line[key]}")
-        captions[key] = caption
-        first_line.setdefault(key, number)
-    if not captions:
-        raise UsageError(f"captions file {path} holds no captions")
-    return captions
-
-
-def caption_for(captions: dict[str, str], source: Path, relative: Path) -> str | None:
-    """The caption of one input, or None. A line's "path" matches, in this order: the input's path relative to its
-    INPUT (what OUT mirrors; what scripts/caption.py writes over the same folder), the path as reached from the
-    INPUT argument (e.g. photos/sub/a.png), its absolute path, its resolved path (symlinks followed)."""
-    for key in (relative, source, Path(os.path.abspath(source)), source.resolve()):
-        found = captions.get(_caption_key(str(key)))
-        if found is not None:
-            return found
-    return None
-
-
-def _caption_key(path: str) -> str:
-    return Path(os.path.normpath(path)).as_posix()  # "./a.png" -> "a.png", "sub//b.png" -> "sub/b.png"
-
-
-def priors_beside_captions(priors: str) -> str:
-    """The priors still computed by generators when --captions supplies the caption prior (`priors` without it).
-
-    auto: every recorded generator but the captioner; all: category and segmentation; a list must name caption.
-    --priors none, or a list without caption, would leave the file unused: a usage error.
-    """
-    names = [n.strip() for n in priors.split(",") if n.strip()]
-    if names == ["auto"]:
-        return "auto"
-    if names == ["all"]:
-        return "category,segmentation"
-    if "caption" not in names:
-        raise UsageError(f"--captions gives the caption prior, but priors={priors!r} leaves it out; "
-                         "use priors auto, all or a list with caption")
-    rest = [n for n in names if n != "caption"]
-    return ",".join(rest) if rest else "none"
 
 
 # -- running ------------------------------------------------------------------------------------------------------
@@ -361,46 +311,3 @@ def _write_priors(job: Job, priors, config: ColorizeConfig) -> None:
 
 def _report(message: str) -> None:
     tqdm.write(f"colordiff: {message}", file=sys.stderr)
-
-
-# -- init-model -----------------------------------------------------------------------------------------------------
-def run_init_model(output: str, *, tiny: bool, base: str | None, dtype: str, local_files_only: bool, seed: int,
-                   overwrite: bool, method: str = "colordiff") -> int:
-    """Write an untrained ColorDiff or SeAda model folder (tiny random, or assembled from SD1.5) atomically."""
-    from colordiff.pipelines import ColorDiffPipeline
-    from colordiff.pipelines.seada_pipeline import SeAdaPipeline
-    from colordiff.testing import tiny_colordiff_pipeline, tiny_seada_pipeline
-
-    builders = {"colordiff": (tiny_colordiff_pipeline, ColorDiffPipeline, "ColorDiff"),
-                "seada": (tiny_seada_pipeline, SeAdaPipeline, "SeAda")}
-    if method not in builders:
-        raise UsageError(f"unknown method {method!r}; choose colordiff or seada")
-    build_tiny, cls, name = builders[method]
-    target = Path(output)
-    if target.exists() and not overwrite:
-        raise UsageError(f"{target} exists; pass --overwrite to replace it")
-    if tiny:
-        pipe = build_tiny(seed)
-        if DTYPES[dtype] != torch.float32:
-            pipe = pipe.to(dtype=DTYPES[dtype])
-    else:
-        try:
-            pipe = cls.from_stable_diffusion(base, dtype=DTYPES[dtype], local_files_only=local_files_only)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"cannot load Stable Diffusion weights from {base}: {error_line(err)}") from None
-    save_pipeline_atomically(pipe, target)
-    print(f"colordiff: wrote {'tiny random' if tiny else 'untrained'} {name} model to {target}", file=sys.stderr)
-    return EXIT_OK
-
-
-def save_pipeline_atomically(pipe, target: Path) -> None:
-    """save_pretrained (safetensors) into a hidden sibling folder, then swap it in: OUT is whole or absent."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        pipe.save_pretrained(staging, safe_serialization=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

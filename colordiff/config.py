@@ -78,6 +78,13 @@ def to_yaml(config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
+def dotlist_value(value) -> str:
+    """A value as the right-hand side of a `key=value` override, read back by omegaconf as the same value."""
+    if isinstance(value, str):  # quoted, so that omegaconf keeps strings like "1e5" or "null" as written
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def error_line(err: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none): errors are reported in one line."""
     text = str(err).strip()

@@ -1,12 +1,7 @@
 """
-`colordiff evaluate`: a folder of predictions against a folder of ground truths, under the evaluation protocol (size
-and crop). Preparing the papers' evaluation sets and rendering their tables: colordiff/reproduce.py.
-
-Protocol (Protocol below, default 256 px, center crop): every image, prediction and ground truth alike, is brought to
-size x size pixels before any metric: `center` scales the shorter side to `size` and cuts the central square
-(torchvision's Resize + CenterCrop arithmetic), `stretch` resizes to size x size ignoring the aspect ratio (DDColor's
-cv2.resize). An image that already has that size is used untouched. `size: 0` evaluates at the native size. Metrics
-are computed on 8-bit RGB (alpha is ignored).
+`colordiff evaluate`: a folder of predictions against a folder of ground truths, under the evaluation protocol
+(colordiff/protocol.py: pairing, size and crop). Preparing the papers' evaluation sets and rendering their tables:
+colordiff/reproduce.py.
 
 Several processes (`accelerate launch --multi_gpu --num_processes N -m colordiff.cli evaluate ...`) split the work:
 process r scores pairs[r::N] on its own device; the per-image rows and failures are gathered to every process in
@@ -30,29 +25,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 from tqdm.auto import tqdm
 
 from colordiff import metrics as M
-from colordiff.cli import EXIT_FAILURES, EXIT_OK, UsageError
-from colordiff.config import ConfigError, is_override, load_config
+from colordiff.config import ConfigError
 from colordiff.devices import accelerator_available
-from colordiff.io import ImageReadError, atomic_write, is_image_path, read_image
+from colordiff.errors import EXIT_FAILURES, EXIT_OK, UsageError
+from colordiff.io import ImageReadError, atomic_write
+from colordiff.protocol import Protocol, check_protocol, load_pair, pair_folders
 
 REPO = Path(__file__).resolve().parents[1]
-METRIC_GROUPS = ("colorfulness", "psnr", "ssim", "lpips", "fid")
+METRIC_GROUPS = ("colorfulness", "psnr", "ssim", "lpips", "fid", "delta_ab")
 _ALIASES = {"delta_cf": "colorfulness", "cf": "colorfulness"}
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-             "lanczos": Image.Resampling.LANCZOS}
-
-
-@dataclass
-class Protocol:
-    """How images are brought to the evaluation size (see the module docstring)."""
-
-    size: int = 256  # evaluation side in pixels; 0 = native size (pred and gt must then have equal sizes)
-    crop: str = "center"  # center | stretch
-    resample: str = "bicubic"  # bicubic | bilinear | lanczos (PIL, antialiased when shrinking)
 
 
 @dataclass
@@ -60,7 +44,7 @@ class MetricSettings:
     """Which metrics, with which weights (shared by `colordiff evaluate` and the eval-set configs)."""
 
     metrics: list[str] | None = None  # None: colorfulness, psnr, and fid when fid_weights is set
-    fid_variant: str = "fidelity"  # fidelity (torch-fidelity, standard FID) | torchvision (CT2 / DDColor scripts)
+    fid_variant: str = "fidelity"  # fidelity (torch-fidelity's FID) | torchvision (CT2 / DDColor scripts)
     fid_weights: str | None = None  # local Inception weights (.pth read with weights_only=True, or .safetensors)
     lpips_net: str = "vgg"  # vgg (as CT2) | alex
     lpips_weights: str | None = None  # local torchvision vgg16 / alexnet weights
@@ -78,101 +62,6 @@ class EvalConfig(MetricSettings):
     protocol: Protocol = field(default_factory=Protocol)
     json: str | None = None  # results file (also printed to stdout)
     csv: str | None = None  # per-image metrics
-
-
-# -----------------------------------------------------------------------------
-# protocol
-
-
-def apply_protocol(rgb: np.ndarray, protocol: Protocol) -> np.ndarray:
-    """Bring uint8 (H, W, 3) to the protocol's size x size (returned untouched when it already has that size)."""
-    check_protocol(protocol)
-    size, (h, w) = protocol.size, rgb.shape[:2]
-    if size == 0 or (h, w) == (size, size):
-        return rgb
-    image = Image.fromarray(rgb)
-    if protocol.crop == "stretch":
-        return np.asarray(image.resize((size, size), _RESAMPLE[protocol.resample]))
-    # torchvision Resize(size): shorter side -> size, longer side int(size * long / short); CenterCrop: round offsets
-    if h <= w:
-        new_h, new_w = size, int(size * w / h)
-    else:
-        new_h, new_w = int(size * h / w), size
-    if (new_h, new_w) != (h, w):
-        image = image.resize((new_w, new_h), _RESAMPLE[protocol.resample])
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-    return np.asarray(image.crop((left, top, left + size, top + size)))  # (size, size, 3)
-
-
-def check_protocol(protocol: Protocol) -> None:
-    if protocol.size < 0:
-        raise ConfigError(f"protocol.size must be 0 (native) or a positive size, got {protocol.size}")
-    if protocol.crop not in ("center", "stretch"):
-        raise ConfigError(f"protocol.crop must be center or stretch, got {protocol.crop!r}")
-    if protocol.resample not in _RESAMPLE:
-        raise ConfigError(f"protocol.resample must be one of {', '.join(_RESAMPLE)}, got {protocol.resample!r}")
-
-
-def read_uint8(path: Path) -> np.ndarray:
-    """Any supported image file as 8-bit RGB (H, W, 3); read_image's float32 x/255 rounds back exactly for 8-bit."""
-    return np.rint(read_image(path).rgb * 255).astype(np.uint8)
-
-
-# -----------------------------------------------------------------------------
-# pairing
-
-
-def image_index(root: Path) -> dict[str, Path]:
-    """{relative path without suffix: file} for the image files under root (recursive, hidden files skipped)."""
-    index, clashes = {}, []
-    for file in sorted(root.rglob("*")):
-        relative = file.relative_to(root)
-        if not file.is_file() or not is_image_path(file) or any(p.startswith(".") for p in relative.parts):
-            continue
-        key = relative.with_suffix("").as_posix()
-        if key in index:
-            clashes.append(f"{index[key].name} / {file.name}")
-        index[key] = file
-    if clashes:
-        raise UsageError(f"{root}: several images share a name up to the extension, so pairing is ambiguous: "
-                         f"{_examples(clashes)}")
-    return index
-
-
-def pair_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
-    """[(key, pred file, gt file)] paired by relative path, extension-insensitive; mismatches are a UsageError."""
-    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    for name, folder in (("pred", pred_dir), ("gt", gt_dir)):
-        if not folder.is_dir():
-            raise UsageError(f"{folder}: {name} folder not found")
-    preds, gts = image_index(pred_dir), image_index(gt_dir)
-    if not gts:
-        raise UsageError(f"{gt_dir}: no image files")
-    no_pred = [str(gts[k]) for k in gts if k not in preds]
-    no_gt = [str(preds[k]) for k in preds if k not in gts]
-    if no_pred or no_gt:
-        parts = [f"{len(preds)} predictions vs {len(gts)} ground truths"]
-        if no_pred:
-            parts.append(f"{len(no_pred)} ground truths have no prediction ({_examples(no_pred)})")
-        if no_gt:
-            parts.append(f"{len(no_gt)} predictions have no ground truth ({_examples(no_gt)})")
-        raise UsageError("pred and gt do not pair up: " + "; ".join(parts))
-    return [(k, preds[k], gts[k]) for k in gts]
-
-
-def _examples(items: list[str], n: int = 3) -> str:
-    return ", ".join(items[:n]) + (f", ... and {len(items) - n} more" if len(items) > n else "")
-
-
-def load_pair(pred: Path, gt: Path, config: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Read a pair and apply the protocol; raises ImageReadError (naming the file) for unusable input."""
-    p, g = read_uint8(pred), read_uint8(gt)
-    if p.shape != g.shape:
-        if config.on_size_mismatch != "resize":
-            raise ImageReadError(pred, f"{p.shape[1]} x {p.shape[0]} but its ground truth {gt} is {g.shape[1]} x "
-                                       f"{g.shape[0]} (on_size_mismatch=resize resizes predictions)")
-        p = np.asarray(Image.fromarray(p).resize((g.shape[1], g.shape[0]), _RESAMPLE[config.protocol.resample]))
-    return apply_protocol(p, config.protocol), apply_protocol(g, config.protocol)
 
 
 # -----------------------------------------------------------------------------
@@ -221,8 +110,9 @@ def distributed_state(device: str = "auto"):
 class _Scorer:
     """Per-image metrics of batches of pairs, plus the FID accumulator."""
 
-    def __init__(self, names: list[str], config: MetricSettings, state=None):
+    def __init__(self, names: list[str], config: MetricSettings, state=None, crop_border: int = 0):
         self.names, self.device = names, resolve_device(config.device, state)
+        self.crop_border = crop_border  # protocol.crop_border: cut from each border before PSNR and SSIM only
         if config.on_size_mismatch not in ("error", "resize"):
             raise ConfigError(f"on_size_mismatch must be error or resize, got {config.on_size_mismatch!r}")
         try:
@@ -234,15 +124,26 @@ class _Scorer:
             raise UsageError(str(err)) from None
 
     def score(self, pred: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
-        """pred, gt: uint8 (B, 3, H, W) -> {column: (B,) float64}."""
+        """pred, gt: uint8 (B, 3, H, W) -> {column: (B,) float64}. Colorfulness, LPIPS and FID see the whole
+        images; PSNR and SSIM the images less crop_border pixels on each side (BasicSR's crop_border)."""
         out = {}
         if "colorfulness" in self.names:
             out["colorfulness"], out["colorfulness_hasler"] = M.colorfulness(pred), M.colorfulness(pred, "hasler")
             out["colorfulness_gt"], out["colorfulness_hasler_gt"] = M.colorfulness(gt), M.colorfulness(gt, "hasler")
-        if "psnr" in self.names:
-            out["psnr"] = M.psnr(pred, gt)
-        if "ssim" in self.names:
-            out["ssim"] = M.ssim(pred, gt)
+            out["delta_cf"] = (out["colorfulness"] - out["colorfulness_gt"]).abs()  # this image's |CF - CF_gt|
+            out["delta_cf_hasler"] = (out["colorfulness_hasler"] - out["colorfulness_hasler_gt"]).abs()
+        if "psnr" in self.names or "ssim" in self.names:
+            c = self.crop_border
+            if c and 2 * c >= min(pred.shape[-2:]):
+                raise UsageError(f"protocol.crop_border {c} leaves nothing of a {pred.shape[-1]} x {pred.shape[-2]} "
+                                 "image (it is cut from each border)")
+            p, g = (pred[..., c:-c, c:-c], gt[..., c:-c, c:-c]) if c else (pred, gt)
+            if "psnr" in self.names:
+                out["psnr"] = M.psnr(p, g)
+            if "ssim" in self.names:
+                out["ssim"] = M.ssim(p, g)
+        if "delta_ab" in self.names:
+            out["delta_ab"] = M.delta_ab(pred, gt)
         if "lpips" in self.names:
             out["lpips"] = self.lpips(pred.to(self.device), gt.to(self.device)).cpu()
         if self.fid is not None:
@@ -259,7 +160,7 @@ def evaluate_pairs(pairs: list[tuple[str, Path, Path]], config: EvalConfig) -> t
     if config.batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {config.batch_size}")
     state = distributed_state(config.device)
-    scorer = _Scorer(names, config, state)
+    scorer = _Scorer(names, config, state, crop_border=config.protocol.crop_border)
     if state is None:
         rows, failed = _score_pairs(list(enumerate(pairs)), scorer, config)
     else:
@@ -297,7 +198,8 @@ def _score_pairs(indexed: list[tuple[int, tuple[str, Path, Path]]], scorer: _Sco
     batches = [indexed[i : i + config.batch_size] for i in range(0, len(indexed), config.batch_size)]
     with ThreadPoolExecutor(max_workers=4) as pool, tqdm(total=len(indexed), unit="img", disable=None if bar else True,
                                                          desc="evaluate") as progress:
-        read = lambda batch: [pool.submit(load_pair, p, g, config) for _, (_, p, g) in batch]  # noqa: E731
+        read = lambda batch: [pool.submit(load_pair, p, g, config.protocol, config.on_size_mismatch)  # noqa: E731
+                              for _, (_, p, g) in batch]
         pending = read(batches[0]) if batches else []
         for index, batch in enumerate(batches):
             futures, pending = pending, read(batches[index + 1]) if index + 1 < len(batches) else []  # prefetch
@@ -322,16 +224,22 @@ def _score_pairs(indexed: list[tuple[int, tuple[str, Path, Path]]], scorer: _Sco
 
 
 def summarise(rows: list[dict], names: list[str], scorer: _Scorer, config: MetricSettings) -> dict:
-    """Set-level results: means of the per-image columns, ΔCF from the means, FID from the accumulated features
+    """Set-level results: means of the per-image columns, ΔCF both ways, FID from the accumulated features
     (summed over the processes when launched on several: every process must call this)."""
     mean = lambda col: float(np.mean([r[col] for r in rows])) if rows else float("nan")  # noqa: E731
     results = {"n_images": len(rows)}
     if "colorfulness" in names:
         for col in ("colorfulness", "colorfulness_hasler", "colorfulness_gt", "colorfulness_hasler_gt"):
             results[col] = mean(col)
+        # No peer code (CT2, DDColor) defines ΔCF and both readings appear in the literature, so both are reported:
+        # delta_cf = |mean CF(pred) - mean CF(gt)|, the gap between the set means (DDColor's paper, SeAda's Table 1);
+        # delta_cf_per_image = mean over images of |CF(pred_i) - CF(gt_i)| (the rows' delta_cf column), which a
+        # set with some images too colorful and others too dull cannot average away.
         results["delta_cf"] = abs(results["colorfulness"] - results["colorfulness_gt"])
         results["delta_cf_hasler"] = abs(results["colorfulness_hasler"] - results["colorfulness_hasler_gt"])
-    for col in ("psnr", "ssim", "lpips"):
+        results["delta_cf_per_image"] = mean("delta_cf")
+        results["delta_cf_per_image_hasler"] = mean("delta_cf_hasler")
+    for col in ("psnr", "ssim", "lpips", "delta_ab"):
         if col in names:
             results[col] = mean(col)
     if scorer.fid is not None:
@@ -398,27 +306,3 @@ def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
 
 def _report(message: str) -> None:
     tqdm.write(f"colordiff: {message}", file=sys.stderr)
-
-
-# -----------------------------------------------------------------------------
-# `colordiff evaluate` arguments
-
-EVAL_FLAGS = {"pred": "pred", "gt": "gt", "json": "json", "csv": "csv", "fid_weights": "fid_weights",
-              "fid_variant": "fid_variant", "device": "device", "batch_size": "batch_size", "size": "protocol.size",
-              "crop": "protocol.crop", "on_size_mismatch": "on_size_mismatch"}
-
-
-def evaluate_config(args) -> EvalConfig:
-    """--config files <- flags <- key=value overrides (positional)."""
-    from colordiff.cli import _dotlist_value
-
-    metrics = [m for m in (args.metrics or []) if "=" not in m]
-    overrides = [m for m in (args.metrics or []) if "=" in m] + list(args.overrides)  # `--metrics psnr size=64`
-    bad = [o for o in overrides if not is_override(o)]
-    if bad:
-        raise ConfigError(f"unexpected arguments (expected key=value): {' '.join(bad)}")
-    flags = [f"{key}={_dotlist_value(getattr(args, name))}" for name, key in EVAL_FLAGS.items()
-             if getattr(args, name, None) is not None]
-    if metrics:
-        flags.append(f"metrics=[{','.join(metrics)}]")
-    return load_config(EvalConfig, args.config, flags + overrides)

@@ -8,6 +8,7 @@ file in the target's folder and is renamed onto the target only once complete.
 """
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -198,6 +199,22 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden staging folder next to path; on success it replaces path (an existing folder there is removed
+    first), on failure it is deleted: the folder at path is whole or absent (or the old one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name[:100]}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield staging
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _to_uint8(x: np.ndarray, name: str) -> np.ndarray:

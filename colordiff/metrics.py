@@ -7,8 +7,9 @@ are defined on the 8-bit images as saved, so nothing here rescales: a float inpu
 
 FID runs through torchmetrics' FrechetInceptionDistance with a feature extractor chosen by name (FID_VARIANTS):
 - "fidelity": torch-fidelity's InceptionV3 (the TF FID weights of Heusel et al.,
-  `weights-inception-2015-12-05-6726825d.pth`), images resized to 299 with TF1-compatible bilinear interpolation:
-  the standard FID (pytorch-fid / torch-fidelity).
+  `weights-inception-2015-12-05-6726825d.pth`), images resized to 299 with TF1-compatible bilinear interpolation
+  and mapped by (x − 128) / 128: torch-fidelity's FID. It is not pytorch-fid's, which resizes with PyTorch's bilinear
+  interpolation on [0, 1] and then maps to [-1, 1], so its values can differ slightly.
 - "torchvision": torchvision's ImageNet Inception-v3 (`inception_v3_google-*.pth`) with the preprocessing of the CT2
   evaluation script (`INCEPTION_V3_FID` in CT2's segm/metrics.py, copied into DDColor's basicsr/metrics/custom_fid.py),
   whose numbers fill the comparison tables of both papers.
@@ -99,6 +100,24 @@ def delta_cf(cf_pred, cf_gt) -> float:
     return abs(float(np.mean(np.asarray(cf_pred, dtype=np.float64))) - float(np.mean(np.asarray(cf_gt, np.float64))))
 
 
+def delta_cf_per_image(cf_pred, cf_gt) -> float:
+    """ΔCF per image = mean over the images of |CF(pred_i) − CF(gt_i)|, the other reading of ΔCF (no peer code
+    defines ΔCF and both appear in the literature); unlike delta_cf, errors of opposite sign do not cancel."""
+    p, g = np.asarray(cf_pred, dtype=np.float64), np.asarray(cf_gt, dtype=np.float64)
+    if p.shape != g.shape:
+        raise ValueError(f"cf_pred {p.shape} and cf_gt {g.shape} must pair image by image")
+    return float(np.mean(np.abs(p - g)))
+
+
+def delta_ab(pred, gt) -> torch.Tensor:
+    """Mean per-pixel CIELAB chroma error sqrt(Δa² + Δb²) of uint8 RGB pairs (B, 3, H, W) -> (B,) float64. With the
+    input's L kept, it measures the colors alone (the gray input scores the ground truth's mean chroma)."""
+    from colordiff.color import rgb_to_lab
+
+    p, g = (rgb_to_lab(x.double() / 255)[:, 1:] for x in _pair(pred, gt))  # (B, 2, H, W)
+    return (p - g).square().sum(1).sqrt().mean((-2, -1))
+
+
 # -----------------------------------------------------------------------------
 # reference metrics
 
@@ -165,8 +184,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
 
 
 # -----------------------------------------------------------------------------

@@ -25,25 +25,20 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
-from colordiff.cli import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, UsageError
-from colordiff.config import ConfigError, load_config
+from colordiff.config import ConfigError, dotlist_value, load_config
+from colordiff.errors import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, UsageError
 from colordiff.evaluate import (
     REPO,
     EvalConfig,
     MetricSettings,
-    Protocol,
-    _examples,
     _report,
-    apply_protocol,
-    check_protocol,
-    image_index,
-    read_uint8,
     run_evaluation,
     to_json,
     write_csv,
     write_text,
 )
 from colordiff.io import ImageReadError, is_image_path, write_image
+from colordiff.protocol import Protocol, apply_protocol, check_protocol, examples, image_index, read_uint8
 
 
 @dataclass
@@ -110,7 +105,7 @@ def _source_entries(config: EvalSetConfig) -> tuple[list[str], dict[str, Path], 
             errors.append(f"{entry}: not found under {source}")
         else:
             errors.append(f"{entry}: ambiguous, several files under {source} have this name "
-                          f"({_examples([str(m) for m in matches])})")
+                          f"({examples([str(m) for m in matches])})")
     return entries, found, errors
 
 
@@ -277,8 +272,7 @@ def reproduce_tables(config: EvalSetConfig) -> int:
     """
     from accelerate import PartialState
 
-    from colordiff.cli import ColorizeConfig, _dotlist_value
-    from colordiff.colorize import run_colorize
+    from colordiff.colorize import ColorizeConfig, run_colorize
 
     prepared = Path(config.prepared_dir)
     gray_dir, gt_dir = prepared / "gray", prepared / "gt"
@@ -295,7 +289,7 @@ def reproduce_tables(config: EvalSetConfig) -> int:
     pred_dir = Path(config.pred_dir) if config.pred_dir else out / "pred"
 
     colorize = load_config(ColorizeConfig, [repo_path(c) for c in config.colorize_config],
-                           [f"model={_dotlist_value(config.model)}", f"output_dir={_dotlist_value(str(pred_dir))}"]
+                           [f"model={dotlist_value(config.model)}", f"output_dir={dotlist_value(str(pred_dir))}"]
                            + list(config.colorize_overrides))
     colorize.inputs, colorize.overwrite = [str(gray_dir)], config.overwrite
     for key in ("priors_config", "captions"):  # files named by the configs, relative to the repository
@@ -370,10 +364,8 @@ def eval_set_parser(doc: str) -> argparse.ArgumentParser:
 def eval_set_main(prog: str, parser: argparse.ArgumentParser, flags: dict[str, str], job, argv=None) -> int:
     """--config files <- flags (argparse dest -> config key) <- key=value overrides, then job(config): its exit
     status, or 2 with one line naming `prog` for a bad config or usage."""
-    from colordiff.cli import _dotlist_value
-
     args = parser.parse_intermixed_args(argv)  # key=value overrides may come after flags
-    given = [f"{key}={_dotlist_value(getattr(args, name))}" for name, key in flags.items()
+    given = [f"{key}={dotlist_value(getattr(args, name))}" for name, key in flags.items()
              if getattr(args, name) is not None]
     try:
         config = load_config(EvalSetConfig, [repo_path(c) for c in args.config], given + args.overrides)

@@ -206,3 +206,21 @@ def test_accelerate_launch_splits_files_across_processes(tmp_path, tiny_model_di
     assert "2 colorized, 0 skipped (already done), 0 failed [process 1/2]" in result.stderr
     assert "2 colorized, 0 skipped (already done), 0 failed [process 2/2]" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in EXAMPLES.glob("*.jpg"))
+
+
+def test_every_flag_has_a_help_line_with_its_default(capsys):
+    """`--help` of every subcommand: each option says what it does and, unless required, its default."""
+    from colordiff.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.dest == "help" or not action.option_strings:
+                continue
+            text = action.help or ""
+            assert text, f"{name} {action.option_strings[0]} has no help line"
+            assert "default" in text or "required" in text or "repeatable" in text, \
+                f"{name} {action.option_strings[0]}: no default in {text!r}"
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"colordiff {__import__('colordiff').__version__}"

@@ -3,22 +3,26 @@
 import csv
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
 from PIL import Image
 from safetensors.torch import save_file
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from test_metrics import load_tiny_features, write_tiny_weights
 
 from colordiff import metrics as M
 from colordiff.cli import main
-from colordiff.evaluate import Protocol, apply_protocol, pair_folders
+from colordiff.config import ConfigError
+from colordiff.protocol import Protocol, apply_protocol, check_protocol, load_pair, pair_folders, read_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +84,8 @@ def test_evaluate_json_and_csv_equal_direct_metric_calls(folders, tiny_fid, tmp_
     for key in ("colorfulness", "colorfulness_hasler", "delta_cf", "psnr", "fid", "n_images", "config"):
         assert key in results
     assert results["n_images"] == 4 and results["n_failed"] == 0
-    assert results["config"]["protocol"] == {"size": 24, "crop": "center", "resample": "bicubic"}
+    assert results["config"]["protocol"] == {"size": 24, "crop": "center", "resample": "bicubic",
+                                           "crop_border": 0}
     assert results["config"]["batch_size"] == 3 and results["config"]["fid_variant"] == "tiny"
 
     names = ["a", "c", "sub/b", "sub/deeper/d"]  # sorted relative paths
@@ -89,6 +94,7 @@ def test_evaluate_json_and_csv_equal_direct_metric_calls(folders, tiny_fid, tmp_
     cf, cf_gt = M.colorfulness(pred), M.colorfulness(gt)
     expect = {"colorfulness": cf.mean().item(), "colorfulness_hasler": M.colorfulness(pred, "hasler").mean().item(),
               "colorfulness_gt": cf_gt.mean().item(), "delta_cf": M.delta_cf(cf, cf_gt),
+              "delta_cf_per_image": M.delta_cf_per_image(cf, cf_gt),
               "psnr": M.psnr(pred, gt).mean().item(), "ssim": M.ssim(pred, gt).mean().item(),
               # same batches as the job: with 4 images and 8 features the covariances are singular, and the
               # square roots of their ~0 eigenvalues turn float64 summation order into 1e-8 differences
@@ -100,7 +106,8 @@ def test_evaluate_json_and_csv_equal_direct_metric_calls(folders, tiny_fid, tmp_
 
     rows = list(csv.DictReader(out_csv.open()))
     assert [r["image"] for r in rows] == names
-    per_image = {"colorfulness": cf, "colorfulness_gt": cf_gt, "psnr": M.psnr(pred, gt), "ssim": M.ssim(pred, gt)}
+    per_image = {"colorfulness": cf, "colorfulness_gt": cf_gt, "delta_cf": (cf - cf_gt).abs(),
+                 "psnr": M.psnr(pred, gt), "ssim": M.ssim(pred, gt)}
     for i, row in enumerate(rows):
         for key, values in per_image.items():
             assert float(row[key]) == pytest.approx(values[i].item(), rel=1e-12), (row["image"], key)
@@ -125,6 +132,106 @@ def test_protocol_matches_torchvision_resize_and_center_crop():
     assert apply_protocol(image, Protocol(size=0)) is image  # native size
     square = _smooth(32, 32, 5)
     assert apply_protocol(square, Protocol(size=32)) is square  # already at the size: untouched
+
+
+def _ddcolor_resize(path: Path, width: int, height: int) -> np.ndarray:
+    """DDColor's loader step by step (basicsr imfrombytes(float32=True), then cv2.resize with its default filter, BGR
+    as cv2 reads it), rounded to 8-bit the way its tensor2img writes images: uint8 RGB (height, width, 3)."""
+    img = cv2.imread(str(path)).astype(np.float32) / 255.0
+    img = cv2.cvtColor(cv2.resize(img, (width, height)), cv2.COLOR_BGR2RGB)
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("photo", sorted((REPO / "examples" / "photos").glob("*.jpg")), ids=lambda p: p.stem)
+def test_cv2_resample_is_ddcolors_resize_and_not_pil_bilinear(photo):
+    rgb = read_uint8(photo)
+    (h, w), size = rgb.shape[:2], 96
+    stretched = apply_protocol(rgb, Protocol(size=size, crop="stretch", resample="cv2"))
+    np.testing.assert_array_equal(stretched, _ddcolor_resize(photo, size, size))
+    # center: cv2 scales the shorter side to size (torchvision's arithmetic), then the central square is cut
+    new_h, new_w = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+    top, left = round((new_h - size) / 2), round((new_w - size) / 2)
+    centered = apply_protocol(rgb, Protocol(size=size, resample="cv2"))
+    np.testing.assert_array_equal(centered, _ddcolor_resize(photo, new_w, new_h)[top : top + size, left : left + size])
+    assert centered.shape == (size, size, 3) and min(new_h, new_w) == size < min(h, w)
+    # not a no-op alias of PIL's bilinear filter (antialiased when shrinking, unlike cv2's INTER_LINEAR)
+    for crop, ours in (("stretch", stretched), ("center", centered)):
+        pil = apply_protocol(rgb, Protocol(size=size, crop=crop, resample="bilinear"))
+        assert np.abs(ours.astype(int) - pil).mean() > 0.5, crop
+
+
+def test_cv2_resample_for_size_mismatch_and_protocol_errors(tmp_path):
+    pred, gt = _save(tmp_path / "p.png", _smooth(30, 34, 2)), _save(tmp_path / "g.png", _smooth(32, 32, 3))
+    p, g = load_pair(pred, gt, Protocol(size=0, resample="cv2"), on_size_mismatch="resize")
+    np.testing.assert_array_equal(p, _ddcolor_resize(pred, 32, 32))
+    np.testing.assert_array_equal(g, read_uint8(gt))
+    assert not np.array_equal(p, load_pair(pred, gt, Protocol(size=0, resample="bilinear"), "resize")[0])
+    with pytest.raises(ConfigError, match="must be one of bicubic, bilinear, lanczos, cv2, got 'area'"):
+        check_protocol(Protocol(resample="area"))
+    with pytest.raises(ConfigError, match="crop_border must be 0 or more pixels, got -1"):
+        check_protocol(Protocol(crop_border=-1))
+    with pytest.raises(ConfigError, match="crop_border 16 leaves nothing of a 32 px image"):
+        check_protocol(Protocol(size=32, crop_border=16))
+    check_protocol(Protocol(size=32, crop_border=15, resample="cv2"))
+    # OpenCV is imported only when the cv2 filter is used
+    code = "import sys, colordiff.protocol; assert 'cv2' not in sys.modules, 'cv2 imported eagerly'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_crop_border_cuts_psnr_and_ssim_only(tmp_path, capsys):
+    gt_rgb = _smooth(40, 36, 7)
+    pred_rgb = np.clip(gt_rgb.astype(int) + np.random.default_rng(1).integers(-6, 7, gt_rgb.shape), 0, 255)
+    pred_rgb[:4] = pred_rgb[-4:] = 255  # a wrong border, 4 px wide on each side
+    pred_rgb[:, :4] = pred_rgb[:, -4:] = 0
+    pred_rgb = pred_rgb.astype(np.uint8)
+    _save(tmp_path / "gt" / "x.png", gt_rgb), _save(tmp_path / "pred" / "x.png", pred_rgb)
+    args = ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--size", "0",
+            "--metrics", "psnr", "ssim", "colorfulness"]
+    assert main([*args, "--crop-border", "4"]) == 0
+    cropped = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert cropped["config"]["protocol"]["crop_border"] == 4 and whole["config"]["protocol"]["crop_border"] == 0
+    p, g = pred_rgb[4:-4, 4:-4], gt_rgb[4:-4, 4:-4]
+    assert cropped["psnr"] == pytest.approx(peak_signal_noise_ratio(g, p, data_range=255), rel=1e-12)
+    assert cropped["ssim"] == pytest.approx(structural_similarity(g, p, data_range=255, channel_axis=-1), rel=1e-9)
+    assert whole["psnr"] == pytest.approx(peak_signal_noise_ratio(gt_rgb, pred_rgb, data_range=255), rel=1e-12)
+    assert cropped["psnr"] > whole["psnr"] + 5 and cropped["ssim"] > whole["ssim"]
+    for key in ("colorfulness", "colorfulness_gt", "delta_cf", "delta_cf_per_image"):  # the whole images
+        assert cropped[key] == whole[key], key
+    assert whole["colorfulness"] == pytest.approx(M.colorfulness(pred_rgb).item(), rel=1e-12)
+    assert main([*args, "--crop-border", "-2"]) == 2
+    assert "protocol.crop_border must be 0 or more pixels, got -2" in capsys.readouterr().err
+    assert main([*args, "--crop-border", "18"]) == 2  # native size: checked against the image, 36 px wide
+    assert "protocol.crop_border 18 leaves nothing of a 36 x 40 image" in capsys.readouterr().err
+
+
+def test_delta_cf_per_image_against_hand_computation(tmp_path, capsys):
+    """Two pairs: a prediction more colorful than its gray ground truth, and a gray prediction of a colorful one.
+    The gap between set means lets the two errors cancel; the per-image mean does not."""
+    gray = np.full((8, 12, 3), 120, np.uint8)  # CF = 0 in both variants
+    halves = np.zeros((8, 12, 3), np.uint8)
+    halves[:, :6], halves[:, 6:] = (255, 0, 0), (0, 0, 255)  # test_metrics' red | blue image
+    cf_halves = {"abs": math.sqrt(127.5**2 + 63.75**2) + 0.3 * math.sqrt(127.5**2 + 191.25**2),
+                 "hasler": math.sqrt(127.5**2 + 191.25**2) + 0.3 * math.sqrt(127.5**2 + 63.75**2)}
+    tinted = np.full((8, 12, 3), (100, 150, 125), np.uint8)  # uniform: rg = -50, yb = 0, CF = 0.3 * 50 = 15 (both)
+    _save(tmp_path / "pred" / "a.png", halves), _save(tmp_path / "gt" / "a.png", gray)
+    _save(tmp_path / "pred" / "b.png", gray), _save(tmp_path / "gt" / "b.png", tinted)
+    out_csv = tmp_path / "rows.csv"
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--size", "0",
+                 "--metrics", "colorfulness", "--csv", str(out_csv)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    for variant, suffix in (("abs", ""), ("hasler", "_hasler")):
+        cf = cf_halves[variant]
+        assert results[f"delta_cf{suffix}"] == pytest.approx(abs((cf + 0) / 2 - (0 + 15) / 2), rel=1e-12), variant
+        assert results[f"delta_cf_per_image{suffix}"] == pytest.approx((cf + 15) / 2, rel=1e-12), variant
+    assert results["delta_cf_per_image"] - results["delta_cf"] == pytest.approx(15, rel=1e-12)
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["image"] for r in rows] == ["a", "b"]
+    assert float(rows[0]["delta_cf"]) == pytest.approx(cf_halves["abs"], rel=1e-12)
+    assert float(rows[1]["delta_cf"]) == pytest.approx(15, rel=1e-12)
+    assert float(rows[1]["delta_cf_hasler"]) == pytest.approx(15, rel=1e-12)
 
 
 def test_pairing_errors_name_the_files(folders, capsys):

@@ -90,6 +90,16 @@ def test_delta_cf_is_the_gap_between_set_means():
     assert M.delta_cf([1.0], [1.0]) == 0.0
 
 
+def test_delta_cf_per_image_is_the_mean_of_per_image_gaps():
+    # one prediction 10 more colorful than its ground truth, one 6 less: the set means differ by 2, the images by 8
+    pred, gt = [30.0, 14.0], [20.0, 20.0]
+    assert M.delta_cf(pred, gt) == pytest.approx(2.0, rel=1e-15)
+    assert M.delta_cf_per_image(pred, gt) == pytest.approx(8.0, rel=1e-15)
+    assert M.delta_cf_per_image(torch.tensor(pred, dtype=torch.float64), np.array(gt)) == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="must pair image by image"):
+        M.delta_cf_per_image([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
 def test_psnr_and_ssim_equal_scikit_image():
     gt = _random_images(3, 33, 45, seed=2)
     noise = np.random.default_rng(3).integers(-40, 41, gt.shape)

@@ -17,7 +17,7 @@ from test_metrics import load_tiny_features, write_tiny_weights
 from colordiff import metrics as M
 from colordiff.color import rgb_to_lab
 from colordiff.config import load_config
-from colordiff.evaluate import Protocol, apply_protocol
+from colordiff.protocol import Protocol, apply_protocol
 from colordiff.reproduce import EvalSetConfig, load_published
 
 REPO = Path(__file__).resolve().parents[1]

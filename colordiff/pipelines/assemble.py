@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from colordiff.io import atomic_folder
 from colordiff.models import LuminanceAwareAutoencoderKL
 from colordiff.pipelines.registry import load_pipeline
 
@@ -14,8 +15,6 @@ def merge_decoder(model: str | Path, decoder_model: str | Path, output: str | Pa
     The usual order of paper 000: train the U-Net, train the decoder, then merge the decoder into the U-Net's folder.
     Both VAEs must share the frozen encoder (the latent space the U-Net was trained in): checked, not assumed.
     """
-    from colordiff.colorize import save_pipeline_atomically
-
     pipe = load_pipeline(model, **hub_kwargs)
     vae = LuminanceAwareAutoencoderKL.from_pretrained(str(decoder_model), subfolder="vae", use_safetensors=True,
                                                       **hub_kwargs)
@@ -27,3 +26,11 @@ def merge_decoder(model: str | Path, decoder_model: str | Path, output: str | Pa
     pipe.vae = vae
     save_pipeline_atomically(pipe, Path(output))
     return Path(output)
+
+
+def save_pipeline_atomically(pipe, target: str | Path) -> Path:
+    """save_pretrained (safetensors) into a hidden staging folder, then swapped in: the model folder is whole or
+    absent."""
+    with atomic_folder(target) as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
+    return Path(target)

@@ -48,7 +48,7 @@ def load_base_pipeline(config: TrainConfig) -> ColorDiffPipeline:
 
 def export_pipeline(pipe: ColorDiffPipeline, path: Path) -> None:
     """The final model folder: float32 weights on the CPU, written atomically (loadable by colordiff colorize)."""
-    from colordiff.colorize import save_pipeline_atomically
+    from colordiff.pipelines.assemble import save_pipeline_atomically
 
     for part in (pipe.vae, pipe.unet, pipe.text_encoder):
         place(part, "cpu", torch.float32)

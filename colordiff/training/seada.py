@@ -190,7 +190,7 @@ class SeAdaTask:
         return validation_grid(self._pipeline(modules), config)
 
     def export(self, modules: dict[str, nn.Module], path: Path) -> None:
-        from colordiff.colorize import save_pipeline_atomically
+        from colordiff.pipelines.assemble import save_pipeline_atomically
 
         pipe = self._pipeline(modules)
         for part in (pipe.vae, pipe.unet, pipe.control, pipe.adapter):
