@@ -129,10 +129,14 @@ def augmentation_rng(seed: int, epoch: int, index: int) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "little"))
 
 
-def resize_and_crop(rgb: torch.Tensor, resolution: int, rng: random.Random, center_crop: bool, flip: bool):
-    """Resize the shorter side to `resolution` (antialiased), crop a square (random or center), maybe flip."""
+def resize_and_crop(rgb: torch.Tensor, resolution: int, rng: random.Random, center_crop: bool, flip: bool,
+                    resize_range: tuple[float, float] = (1.0, 1.0)):
+    """Resize the shorter side to `resolution` times a factor drawn from `resize_range` (antialiased), crop a
+    square (random or center), maybe flip. The default range (1, 1) draws nothing: the shorter side is `resolution`."""
     _, h, w = rgb.shape
-    scale = resolution / min(h, w)
+    low, high = resize_range
+    factor = 1.0 if (low, high) == (1.0, 1.0) else rng.uniform(low, high)
+    scale = resolution * factor / min(h, w)
     size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
     rgb = torch.nn.functional.interpolate(rgb[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0]
     top = (size[0] - resolution) // 2 if center_crop else rng.randint(0, size[0] - resolution)
@@ -149,9 +153,12 @@ class ColorizationDataset(Dataset):
     (a warning names it), so one bad image never stops training."""
 
     def __init__(self, examples: list[Example], resolution: int, seed: int = 0, center_crop: bool = False,
-                 random_flip: bool = True, max_pixels: int = 100_000_000):
+                 random_flip: bool = True, max_pixels: int = 100_000_000, resize_range: tuple[float, float] = (1, 1)):
         if not examples:
             raise ValueError("the training set is empty")
+        if not 1.0 <= resize_range[0] <= resize_range[1]:
+            raise ValueError(f"resize_range must be [low, high] with 1 <= low <= high, got {list(resize_range)}")
+        self.resize_range = (float(resize_range[0]), float(resize_range[1]))
         self.examples, self.resolution, self.seed = examples, resolution, seed
         self.center_crop, self.random_flip, self.max_pixels = center_crop, random_flip, max_pixels
         self.epoch = 0
@@ -174,7 +181,7 @@ class ColorizationDataset(Dataset):
             raise RuntimeError("no training image could be read")
         rng = augmentation_rng(self.seed, self.epoch, index)
         rgb = torch.from_numpy(image.rgb).permute(2, 0, 1)  # (3, H, W) in [0, 1]
-        rgb = resize_and_crop(rgb, self.resolution, rng, self.center_crop, self.random_flip)
+        rgb = resize_and_crop(rgb, self.resolution, rng, self.center_crop, self.random_flip, self.resize_range)
         return {"pixel_values": rgb * 2 - 1, "gray_values": rgb_to_gray(rgb) * 2 - 1, "text": example.text,
                 "index": index}
 

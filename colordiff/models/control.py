@@ -27,12 +27,13 @@ _CONTROLNET_KEYS = ("in_channels", "conditioning_channels", "conditioning_embedd
 
 
 class ConditionalMapper(nn.Module):
-    """Control image (B, 3, H, W) in [0, 1] -> c_f (B, C_f, H/8, W/8): 4x4 convs, strides 2, 2, 2, 1, SiLU between."""
+    """Control image (B, 3, H, W) in [0, 1] -> c_f (B, C_f, H/2^n, W/2^n): n = len(hidden) stride-2 4x4 convs, then
+    a stride-1 4x4 conv, SiLU between. SD's 8x VAE needs n = 3 (the default); a VAE that downsamples 4x needs n = 2."""
 
     def __init__(self, in_channels: int = 3, hidden: tuple[int, ...] = (16, 32, 96), out_channels: int = 4):
         super().__init__()
-        if len(hidden) != 3:
-            raise ValueError(f"the mapper needs three stride-2 layers (8x downsampling), got hidden={hidden}")
+        if len(hidden) < 1:
+            raise ValueError(f"the mapper needs at least one stride-2 layer, got hidden={hidden}")
         chans = (in_channels, *hidden)
         self.downs = nn.ModuleList(nn.Conv2d(a, b, 4, stride=2, padding=1)
                                    for a, b in zip(chans[:-1], chans[1:], strict=True))
@@ -43,7 +44,7 @@ class ConditionalMapper(nn.Module):
         x = image
         for conv in self.downs:
             x = F.silu(conv(x))
-        return self.conv_out(self.pad(x))  # (B, C_f, H/8, W/8)
+        return self.conv_out(self.pad(x))  # (B, C_f, H/2^n, W/2^n)
 
 
 class NoHintEmbedding(nn.Module):

@@ -39,9 +39,14 @@ class LuminanceAwareAutoencoderKL(AutoencoderKL):
         self.luminance_alphas = nn.Parameter(torch.zeros(luminance_skip_levels))
 
     @classmethod
-    def from_vae(cls, vae: AutoencoderKL, luminance_skip_levels: int = 3) -> LuminanceAwareAutoencoderKL:
-        """Wrap a pretrained SD VAE: same weights, zero alphas (decodes exactly like `vae` until trained)."""
+    def from_vae(cls, vae: AutoencoderKL, luminance_skip_levels: int | None = None) -> LuminanceAwareAutoencoderKL:
+        """Wrap a pretrained SD VAE: same weights, zero alphas (decodes exactly like `vae` until trained).
+
+        `luminance_skip_levels` None: the paper's 3 (SD's four-block VAE), or as many as a smaller VAE has (blocks - 1).
+        """
         config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
+        if luminance_skip_levels is None:
+            luminance_skip_levels = min(3, len(config["block_out_channels"]) - 1)
         model = cls.from_config({**config, "luminance_skip_levels": luminance_skip_levels})
         missing, unexpected = model.load_state_dict(vae.state_dict(), strict=False)
         if unexpected or any(not k.startswith("luminance_") for k in missing):

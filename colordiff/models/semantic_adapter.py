@@ -30,8 +30,10 @@ def text_config_dict(config: CLIPTextConfig) -> dict:
 
 @dataclass
 class SemanticAdapterOutput(BaseOutput):
-    e_r: torch.Tensor  # (B, L, d) refined embedding: the controlled U-Net's text condition
-    e_g: torch.Tensor  # (B, L, d) grayscale-caption embedding, part (a)
+    # Every field has a default, as in diffusers' own outputs: BaseOutput then rebuilds from a mapping, which is how
+    # accelerate returns a mixed-precision module's outputs (type(output)({...})); without them bf16 training fails.
+    e_r: torch.Tensor = None  # (B, L, d) refined embedding: the controlled U-Net's text condition
+    e_g: torch.Tensor = None  # (B, L, d) grayscale-caption embedding, part (a)
     e_c: torch.Tensor | None = None  # (B, L, d) color-caption embedding, part (b); None without color captions
 
 

@@ -30,6 +30,22 @@ def place(module, device, dtype=None):
     return module
 
 
+def place_frozen(module, device, dtype, kept: dict) -> None:
+    """Move a frozen module and cast it to the mixed-precision `dtype` for speed, keeping its exact weights (on the
+    CPU, in `kept`) when the cast loses precision: the exported model holds the frozen parts as they were loaded,
+    not rounded to bf16 / fp16 (a merge of separately trained parts compares them)."""
+    if dtype is not None and module.dtype != dtype and id(module) not in kept:
+        kept[id(module)] = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    place(module, device, dtype)
+
+
+def restore_frozen(module, kept: dict) -> None:
+    """On the CPU in float32, with the exact weights place_frozen kept (if it kept any)."""
+    place(module, "cpu", torch.float32)
+    if id(module) in kept:
+        module.load_state_dict(kept[id(module)])
+
+
 def load_base_pipeline(config: TrainConfig) -> ColorDiffPipeline:
     """A ColorDiff model folder / hub id as it is, or Stable Diffusion 1.5 weights turned into an untrained one."""
     import diffusers
@@ -91,7 +107,7 @@ def build_dataset(config: TrainConfig, accelerator: Accelerator) -> Colorization
     """The screened training images with their texts, cropped and flipped per config."""
     return ColorizationDataset(screened_examples(config, accelerator), config.resolution, seed=config.seed,
                                center_crop=config.center_crop, random_flip=config.random_flip,
-                               max_pixels=config.max_pixels)
+                               max_pixels=config.max_pixels, resize_range=tuple(config.resize_range))
 
 
 def latent_dataset(config) -> LatentCacheDataset:

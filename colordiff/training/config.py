@@ -20,6 +20,7 @@ class TrainConfig:
     caption_key: str = "caption_gray"
     resolution: int = 512
     center_crop: bool = False
+    resize_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # shorter side = resolution x U(low, high)
     random_flip: bool = True
     min_chroma: float = 3.0  # images whose mean Lab chroma is below this are already gray: dropped
     max_pixels: int = 100_000_000

@@ -49,7 +49,9 @@ class DecoderTask:
         vae.encoder.eval()
         if config.gradient_checkpointing:
             vae.enable_gradient_checkpointing()
-        self.perceptual = build_perceptual(config.perceptual_weights).to(accelerator.device)
+        # perceptual_weight 0 trains on L2 alone: no LPIPS network is built (nor its weights read)
+        self.perceptual = (build_perceptual(config.perceptual_weights).to(accelerator.device)
+                           if config.perceptual_weight > 0 else None)
         self.dataset = build_dataset(config, accelerator)
 
     def trainable(self) -> dict[str, nn.Module]:

@@ -23,7 +23,7 @@ from colordiff.data import load_captions
 from colordiff.devices import mixed_precision_dtype
 from colordiff.models.semantic_adapter import reconstruction_loss
 from colordiff.pipelines.seada_pipeline import SeAdaPipeline
-from colordiff.training.common import build_dataset, place, validation_grid
+from colordiff.training.common import build_dataset, place_frozen, restore_frozen, validation_grid
 from colordiff.training.config import TrainConfig
 from colordiff.training.loop import make_accelerator, train
 
@@ -140,8 +140,9 @@ class SeAdaTask:
 
     def _set_trainable(self) -> None:
         pipe, plan, device = self.pipe, self.plan, self.accelerator.device
+        self.kept = {}  # the frozen parts' exact weights, restored for export
         for frozen in (pipe.vae, pipe.unet):
-            place(frozen.requires_grad_(False).eval(), device, self.weight_dtype)
+            place_frozen(frozen.requires_grad_(False).eval(), device, self.weight_dtype, self.kept)
         adapter, control = pipe.adapter, pipe.control
         adapter.requires_grad_(plan["adapter"]).train(plan["adapter"])
         if adapter.color_encoder is not None:
@@ -150,7 +151,7 @@ class SeAdaTask:
         if control.rca is not None:
             control.rca.requires_grad_(plan["control"] and plan["rca"])
         for module, trains in ((adapter, plan["adapter"]), (control, plan["control"])):
-            place(module, device, None if trains else self.weight_dtype)
+            place_frozen(module, device, None if trains else self.weight_dtype, self.kept)
             if trains and self.config.gradient_checkpointing:
                 module.enable_gradient_checkpointing()
         if self.config.gradient_checkpointing:
@@ -194,7 +195,7 @@ class SeAdaTask:
 
         pipe = self._pipeline(modules)
         for part in (pipe.vae, pipe.unet, pipe.control, pipe.adapter):
-            place(part, "cpu", torch.float32)
+            restore_frozen(part, self.kept)
         save_pipeline_atomically(pipe, path)
 
     def _pipeline(self, modules) -> SeAdaPipeline:

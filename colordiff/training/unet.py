@@ -17,7 +17,8 @@ from colordiff.training.common import (
     export_pipeline,
     latent_dataset,
     load_base_pipeline,
-    place,
+    place_frozen,
+    restore_frozen,
     validation_grid,
 )
 from colordiff.training.config import TrainConfig
@@ -42,8 +43,9 @@ class UNetTask:
         self.pipe = load_base_pipeline(config)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
+        self.kept = {}  # the frozen parts' exact weights, restored for export
         for frozen in (self.pipe.vae, self.pipe.text_encoder):  # frozen parts run in the mixed-precision dtype
-            place(frozen.requires_grad_(False).eval(), accelerator.device, weight_dtype)
+            place_frozen(frozen.requires_grad_(False).eval(), accelerator.device, weight_dtype, self.kept)
         self.weight_dtype = weight_dtype
         unet = self.pipe.unet.train()
         if config.gradient_checkpointing:
@@ -80,8 +82,9 @@ class UNetTask:
         return validation_grid(pipe, config)
 
     def export(self, modules: dict[str, nn.Module], path: Path) -> None:
-        pipe = self._pipeline(modules)
-        export_pipeline(pipe, path)
+        for frozen in (self.pipe.vae, self.pipe.text_encoder):
+            restore_frozen(frozen, self.kept)
+        export_pipeline(self._pipeline(modules), path)
 
     def _pipeline(self, modules):
         from colordiff.pipelines import ColorDiffPipeline

@@ -1,0 +1,272 @@
+"""The miniature's stand-in for Stable Diffusion 1.5: a small VAE trained here on photos, a random U-Net of a fixed
+mini architecture, the tiny CLIP text encoder and tokenizer, SD1.5's noise schedule, written in SD's folder layout.
+
+From that folder on only the papers' scripts run (`colordiff init-model --base`, train_unet.py, train_decoder.py,
+train_seada.py), so the miniature exercises exactly the code path of the full-size recipes.
+
+The VAE is normalised after training so that every latent channel has mean 0 and standard deviation 1 over the
+training images (folded exactly into quant_conv and post_quant_conv; scaling_factor 1). Sampling starts from zero-mean
+unit noise, so a latent space with per-channel offsets (a small VAE's channels have means of several units) would be
+out of reach of the sampler, whatever the U-Net learns: it gives a uniform color cast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+
+from colordiff.color import rgb_to_gray, rgb_to_lab
+from colordiff.io import atomic_folder, atomic_write
+from colordiff.mini.photos import list_photos, load_photos, random_crops
+from colordiff.testing import TINY_TEXT_DIM, tiny_scheduler, tiny_text_encoder, tiny_tokenizer
+
+
+@dataclass
+class MiniBaseConfig:
+    """Settings of scripts/make_mini_base.py (configs/mini/base.yaml)."""
+
+    data_dir: str = "???"  # a folder of color photos (recursive)
+    heldout: list[str] = field(default_factory=list)  # file stems never trained on (the lab's held-out photos)
+    heldout_dir: str | None = None  # or: a separate folder of held-out photos (the report's reconstruction test)
+    output_dir: str = "outputs/mini/base"
+    seed: int = 0
+    image_size: int = 128  # every photo is first resized to this shorter side: the miniature's full resolution
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    # VAE: AutoencoderKL with len(vae_channels) blocks (downsampling 2^(blocks - 1))
+    vae_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
+    vae_layers_per_block: int = 1
+    vae_latent_channels: int = 4
+    vae_crop: int = 64  # training crops (pixels), cut after a random extra zoom of resize_range
+    resize_range: list[float] = field(default_factory=lambda: [1.0, 2.0])  # crop side x U(low, high) = shorter side
+    resize_range_unet: list[float] = field(default_factory=lambda: [1.0, 2.0])  # the same for U-Net pretraining
+    vae_steps: int = 1500
+    vae_batch_size: int = 16
+    vae_learning_rate: float = 5e-4
+    vae_gray_fraction: float = 0.15  # share of gray crops: z_c is the encoding of a gray image
+    vae_kl_weight: float = 1e-6
+    vae_chroma_weight: float = 1.0  # L1 on Lab a/b (/ 100): plain RGB losses wash colors out
+    autocast_bf16: bool = True  # bfloat16 autocast on the CPU (faster where the CPU has bf16 instructions)
+    # U-Net: random, UNet2DConditionModel with cross-attention on the tiny CLIP's 32-d embeddings
+    unet_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
+    unet_layers_per_block: int = 1
+    unet_cross_attention: list[bool] | None = None  # per level; None: every level but the deepest (SD's pattern)
+    # U-Net pretraining as a text-to-image model on the photos (the prior SD1.5 brings; 0 steps: left random)
+    captions: str | None = None  # JSONL with "path" (file name) and `caption_key` per photo; None: empty text
+    caption_key: str = "caption_color"
+    unet_pretrain_steps: int = 0
+    unet_crop: int = 64
+    unet_batch_size: int = 16
+    unet_learning_rate: float = 2e-4
+    unet_text_dropout: float = 0.1
+
+
+def build_vae(config: MiniBaseConfig) -> AutoencoderKL:
+    blocks = len(config.vae_channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * blocks,
+                         up_block_types=("UpDecoderBlock2D",) * blocks, block_out_channels=tuple(config.vae_channels),
+                         layers_per_block=config.vae_layers_per_block, latent_channels=config.vae_latent_channels,
+                         norm_num_groups=32, sample_size=config.vae_crop, scaling_factor=1.0)
+
+
+def build_unet(config: MiniBaseConfig) -> UNet2DConditionModel:
+    """The mini U-Net: SD's block types (cross-attention in all but the deepest level, unless configured), a few
+    channels."""
+    levels = len(config.unet_channels)
+    attention = config.unet_cross_attention or [True] * (levels - 1) + [False]
+    if len(attention) != levels:
+        raise ValueError(f"unet_cross_attention needs one entry per level ({levels}), got {attention}")
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    return UNet2DConditionModel(
+        sample_size=config.vae_crop // 2 ** (len(config.vae_channels) - 1), in_channels=config.vae_latent_channels,
+        out_channels=config.vae_latent_channels, block_out_channels=tuple(config.unet_channels),
+        layers_per_block=config.unet_layers_per_block, down_block_types=down, up_block_types=up,
+        cross_attention_dim=TINY_TEXT_DIM, attention_head_dim=8, norm_num_groups=32)
+
+
+def vae_loss(vae: AutoencoderKL, x: torch.Tensor, config: MiniBaseConfig) -> tuple[torch.Tensor, dict]:
+    """x (B, 3, H, W) in [0, 1]: MSE + L1 on RGB, L1 on Lab a/b, a little KL."""
+    posterior = vae.encode(x * 2 - 1).latent_dist
+    recon = (vae.decode(posterior.sample()).sample.float() + 1) / 2  # (B, 3, H, W)
+    mse = F.mse_loss(recon, x)
+    l1 = F.l1_loss(recon, x)
+    chroma = F.l1_loss(rgb_to_lab(recon.clamp(0, 1))[:, 1:], rgb_to_lab(x)[:, 1:]) / 100
+    kl = posterior.kl().mean() / x[0].numel()
+    loss = mse + l1 + config.vae_chroma_weight * chroma + config.vae_kl_weight * kl
+    return loss, {"mse": float(mse.detach()), "chroma": float(chroma.detach())}
+
+
+def train_vae(photos: list[torch.Tensor], config: MiniBaseConfig, log) -> AutoencoderKL:
+    torch.manual_seed(config.seed)
+    vae = build_vae(config).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate, weight_decay=0.0)
+    warmup = max(1, config.vae_steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / config.vae_steps))))
+    generator = torch.Generator().manual_seed(config.seed)
+    start = time.time()
+    for step in range(config.vae_steps):
+        x = random_crops(photos, config.vae_batch_size, config.vae_crop, config.resize_range, generator)
+        gray = torch.rand(len(x), generator=generator) < config.vae_gray_fraction
+        x = torch.where(gray[:, None, None, None], rgb_to_gray(x), x)
+        with torch.autocast("cpu", torch.bfloat16, enabled=config.autocast_bf16):
+            loss, parts = vae_loss(vae, x, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == config.vae_steps - 1:
+            log(f"vae step {step}/{config.vae_steps} loss {loss.item():.4f} mse {parts['mse']:.5f} "
+                f"chroma {parts['chroma']:.4f} ({time.time() - start:.0f} s)")
+    return vae.eval()
+
+
+@torch.no_grad()
+def latent_statistics(vae: AutoencoderKL, photos: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the posterior means over whole color photos (the latents diffusion models)."""
+    values = []
+    for photo in photos:
+        z = vae.encode(_pad_to(photo, 2 ** (len(vae.config.block_out_channels) - 1))[None] * 2 - 1).latent_dist.mean
+        values.append(z[0].flatten(1))  # (C, h*w)
+    values = torch.cat(values, dim=1)
+    return values.mean(1), values.std(1)
+
+
+@torch.no_grad()
+def normalise_latents(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Fold z' = (z - mean) / std into the VAE exactly: quant_conv emits the moments of z', post_quant_conv undoes it.
+
+    quant_conv's output is (mu, logvar): mu' = (mu - mean) / std, logvar' = logvar - 2 log std. post_quant_conv reads
+    z = std z' + mean: W' = W diag(std), b' = b + W mean.
+    """
+    c = len(mean)
+    q = vae.quant_conv  # 1x1 conv (2C, 2C)
+    q.weight[:c] /= std[:, None, None, None]
+    q.bias[:c] = (q.bias[:c] - mean) / std
+    q.bias[c:] -= 2 * torch.log(std)
+    p = vae.post_quant_conv  # 1x1 conv (C, C)
+    p.bias += (p.weight[:, :, 0, 0] @ mean)
+    p.weight *= std[None, :, None, None]
+
+
+def _pad_to(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    h, w = image.shape[-2:]
+    return F.pad(image, (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")
+
+
+@torch.no_grad()
+def reconstruction_report(vae: AutoencoderKL, photos: list[torch.Tensor]) -> dict:
+    """Held-out photos through the VAE (posterior mode): PSNR of the 8-bit RGB and colorfulness against the truth."""
+    from colordiff import metrics
+
+    psnr, cf, cf_gt = [], [], []
+    for photo in photos:
+        h, w = photo.shape[-2:]
+        z = vae.encode(_pad_to(photo, 2 ** (len(vae.config.block_out_channels) - 1))[None] * 2 - 1).latent_dist.mode()
+        recon = ((vae.decode(z).sample[0, :, :h, :w] + 1) / 2).clamp(0, 1)
+        pred, gt = (metrics.as_uint8_batch((x[None] * 255).round().to(torch.uint8)) for x in (recon, photo))
+        psnr.append(float(metrics.psnr(pred, gt)[0]))
+        cf.append(float(metrics.colorfulness(pred)[0]))
+        cf_gt.append(float(metrics.colorfulness(gt)[0]))
+    return {"heldout_psnr": float(np.mean(psnr)), "heldout_colorfulness": float(np.mean(cf)),
+            "heldout_colorfulness_gt": float(np.mean(cf_gt)), "colorfulness_ratio": float(np.mean(cf) / np.mean(cf_gt)),
+            "per_image_psnr": psnr}
+
+
+def photo_texts(config: MiniBaseConfig) -> list[str]:
+    """The text of each training photo (in load_photos' order): its caption, or "" without a captions file."""
+    train, _ = list_photos(config.data_dir, config.heldout)
+    if config.captions is None:
+        return [""] * len(train)
+    from colordiff.mini.photos import color_photos
+
+    lines = [json.loads(line) for line in Path(config.captions).read_text().splitlines() if line.strip()]
+    captions = {Path(r["path"]).stem: r[config.caption_key] for r in lines}
+    return [captions.get(p.stem, "") for p in color_photos(train)]
+
+
+def pretrain_unet(pipe: StableDiffusionPipeline, photos: list[torch.Tensor], texts: list[str],
+                  config: MiniBaseConfig, log) -> None:
+    """Train pipe.unet as a text-to-image latent diffusion model (SD's eps loss and schedule) on the photos."""
+    from diffusers import DDPMScheduler
+
+    if config.unet_pretrain_steps <= 0:
+        return
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    unet, vae = pipe.unet.train(), pipe.vae.requires_grad_(False)
+    with torch.no_grad():
+        tokens = pipe.tokenizer(texts + [""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids
+        embeddings = pipe.text_encoder(tokens)[0]  # (N + 1, L, d): the last one is the empty text
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_learning_rate, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    start = time.time()
+    for step in range(config.unet_pretrain_steps):
+        picks = torch.randint(len(photos), (config.unet_batch_size,), generator=generator).tolist()
+        x = random_crops(photos, len(picks), config.unet_crop, config.resize_range_unet, generator, picks)
+        drop = torch.rand(len(picks), generator=generator) < config.unet_text_dropout
+        emb = embeddings[[len(texts) if d else i for i, d in zip(picks, drop.tolist(), strict=True)]]
+        with torch.no_grad():
+            z = vae.encode(x * 2 - 1).latent_dist.sample(generator) * vae.config.scaling_factor  # (B, 4, h, w)
+        noise = torch.randn(z.shape, generator=generator)
+        t = torch.randint(scheduler.config.num_train_timesteps, (len(picks),), generator=generator)
+        with torch.autocast("cpu", torch.bfloat16, enabled=config.autocast_bf16):
+            pred = unet(scheduler.add_noise(z, noise, t), t, emb).sample
+        loss = F.mse_loss(pred.float(), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        if step % 100 == 0 or step == config.unet_pretrain_steps - 1:
+            log(f"unet pretraining step {step}/{config.unet_pretrain_steps} loss {loss.item():.4f} "
+                f"({time.time() - start:.0f} s)")
+    unet.eval()
+
+
+def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
+    """Train the VAE, assemble the SD-layout base folder (written atomically) and its report; returns the folder.
+    An existing complete folder is reused (delete it to rebuild)."""
+    out = Path(config.output_dir)
+    if (out / "model_index.json").is_file():
+        log(f"base: reusing {out}")
+        return out
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    train, heldout = load_photos(config.data_dir, config.heldout, config.image_size)
+    if config.heldout_dir is not None:
+        heldout += load_photos(config.heldout_dir, [], config.image_size)[0]
+    log(f"base: {len(train)} training photos, {len(heldout)} held out, shorter side {config.image_size}")
+    start = time.time()
+    vae = train_vae(train, config, log)
+    mean, std = latent_statistics(vae, train)
+    normalise_latents(vae, mean, std)
+    after_mean, after_std = latent_statistics(vae, train)
+    report = reconstruction_report(vae, heldout)
+    report.update(latent_mean_before=mean.tolist(), latent_std_before=std.tolist(),
+                  latent_mean=after_mean.tolist(), latent_std=after_std.tolist(), vae_seconds=time.time() - start,
+                  vae_parameters=sum(p.numel() for p in vae.parameters()))
+    torch.manual_seed(config.seed)
+    unet = build_unet(config)
+    report["unet_parameters"] = sum(p.numel() for p in unet.parameters())
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=tiny_text_encoder(config.seed), tokenizer=tiny_tokenizer(),
+                                   unet=unet, scheduler=tiny_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    begin = time.time()
+    pretrain_unet(pipe, train, photo_texts(config), config, log)
+    report.update(unet_pretrain_steps=config.unet_pretrain_steps, unet_seconds=time.time() - begin)
+    with atomic_folder(out) as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        with atomic_write(staging / "base_report.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=1))
+    log(f"base: held-out VAE reconstruction {report['heldout_psnr']:.2f} dB, colorfulness "
+        f"{report['colorfulness_ratio']:.2f} x the truth's; wrote {out}")
+    return out

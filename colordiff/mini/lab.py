@@ -1,0 +1,188 @@
+"""The miniature lab (scripts/miniature.py): both papers' recipes at miniature scale, scored on held-out photos.
+
+One command builds the base (colordiff/mini/base.py), then runs only the project's own entry points on it, exactly
+as on Stable Diffusion 1.5: `colordiff init-model --base`, scripts/train_unet.py and train_decoder.py (paper 000),
+`colordiff merge-decoder`, scripts/train_seada.py stages 0-III (paper 001), `colordiff colorize` on the held-out
+photos with each model and `colordiff evaluate`; then the table in the papers' layout and a grid (report.py).
+
+Every phase's output is reused when present, so an interrupted run resumes; one progress line per phase.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from colordiff.config import ConfigError, dotlist_value, load_config
+from colordiff.io import atomic_write, write_image
+from colordiff.mini.photos import color_photos, list_photos, load_photo
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class LabConfig:
+    """Settings of scripts/miniature.py (configs/mini/lab.yaml)."""
+
+    data_dir: str = "???"  # a folder of color photos (recursive; black-and-white ones are left out)
+    heldout: list[str] = field(default_factory=list)  # file stems held out of every training phase
+    work_dir: str = "outputs/mini"
+    image_size: int = 128  # the shorter side every photo is resized to (training and held-out alike)
+    captions: str = "configs/mini/captions.jsonl"  # Des_g / Des_c per photo ("<stem>.png" keys)
+    base_config: list[str] = field(default_factory=lambda: ["configs/mini/base.yaml"])
+    base_overrides: list[str] = field(default_factory=list)
+    unet_recipe: list[str] = field(default_factory=lambda: ["configs/colordiff/unet.yaml", "configs/mini/unet.yaml"])
+    decoder_recipe: list[str] = field(default_factory=lambda: ["configs/colordiff/decoder.yaml",
+                                                               "configs/mini/decoder.yaml"])
+    seada_recipes: list[str] = field(default_factory=lambda: [f"configs/mini/seada_stage{n}.yaml" for n in range(4)])
+    train_overrides: list[str] = field(default_factory=list)  # key=value for every training phase (smoke runs)
+    colorize_config: str = "configs/mini/colorize.yaml"
+    colorize_overrides: list[str] = field(default_factory=list)
+    colordiff: bool = True
+    seada: bool = True
+    threads: int = 0  # OMP/torch threads of each phase (0: as the environment says)
+
+
+def paper_recipe(name: str) -> str:
+    """configs/seada/stage<n>.yaml beside each mini stage recipe: the paper's file that the mini one shrinks."""
+    return f"configs/seada/{Path(name).name.replace('seada_', '')}"
+
+
+class Lab:
+    """The phases of one miniature run, each skipped when its output exists."""
+
+    def __init__(self, config: LabConfig):
+        self.config, self.work = config, Path(config.work_dir)
+        self.start, self.repo = time.time(), REPO
+
+    # -- plumbing ---------------------------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        print(f"[mini {time.time() - self.start:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+    def phase(self, name: str, output: Path, run) -> Path:
+        """Run one phase unless its output exists; one progress line either way."""
+        if output.exists():
+            self.log(f"{name}: reusing {output}")
+            return output
+        begin = time.time()
+        run()
+        if not output.exists():
+            raise RuntimeError(f"phase {name} finished without writing {output}")
+        self.log(f"{name}: done in {time.time() - begin:.0f} s -> {output}")
+        return output
+
+    def command(self, *args: str) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.config.threads:
+            env.update(OMP_NUM_THREADS=str(self.config.threads), MKL_NUM_THREADS=str(self.config.threads))
+        log_file = self.work / "logs" / f"{len(list((self.work / 'logs').glob('*.log'))):02d}_{Path(args[0]).stem}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "w") as out:
+            result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"{' '.join(args[:2])} failed (exit {result.returncode}); see {log_file}:\n"
+                               + "\n".join(tail))
+
+    def train(self, script: str, recipes: list[str], **keys) -> None:
+        configs = [x for recipe in recipes for x in ("--config", str(REPO / recipe))]
+        overrides = [f"{k}={dotlist_value(v if isinstance(v, (bool, int, float)) else str(v))}"
+                     for k, v in keys.items()] + list(self.config.train_overrides)
+        self.command(str(REPO / "scripts" / script), *configs, *overrides)
+
+    def init_model(self, out: Path, method: str) -> Path:
+        from colordiff.init_model import run_init_model
+
+        run_init_model(str(out), tiny=False, base=str(self.work / "base"), dtype="float32", local_files_only=True,
+                       seed=0, overwrite=False, method=method)
+        return out
+
+    # -- data -------------------------------------------------------------------------------------------------------
+    def prepare_photos(self) -> None:
+        """Training photos (color only) and held-out ground truths + gray inputs, at the miniature's size, as PNG."""
+        train, held = list_photos(self.config.data_dir, self.config.heldout)
+        train = color_photos(train)
+        from colordiff.color import rgb_to_gray
+
+        for folder, files in (("train", train), ("gt", held)):
+            for path in files:
+                rgb = load_photo(path, self.config.image_size)  # (3, h, w)
+                write_image(self.work / "photos" / folder / f"{path.stem}.png", rgb.permute(1, 2, 0).numpy())
+                if folder == "gt":
+                    gray = rgb_to_gray(rgb).permute(1, 2, 0).numpy()
+                    write_image(self.work / "photos" / "gray" / f"{path.stem}.png", gray)
+        with atomic_write(self.work / "photos" / "done.json") as tmp:
+            tmp.write_text(json.dumps({"train": [p.name for p in train], "heldout": [p.name for p in held]}))
+
+    # -- the phases -------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        c, w = self.config, self.work
+        self.phase("photos", w / "photos" / "done.json", self.prepare_photos)
+        base_keys = [f"data_dir={dotlist_value(str(w / 'photos' / 'train'))}", "heldout=[]",
+                     f"output_dir={dotlist_value(str(w / 'base'))}", f"image_size={c.image_size}",
+                     f"captions={dotlist_value(str(REPO / c.captions))}",
+                     f"heldout_dir={dotlist_value(str(w / 'photos' / 'gt'))}"]
+        base_configs = [x for f in c.base_config for x in ("--config", str(REPO / f))]
+        self.phase("base", w / "base", lambda: self.command(
+            str(REPO / "scripts" / "make_mini_base.py"), *base_configs, *base_keys, *c.base_overrides))
+        data = {"train_data_dir": w / "photos" / "train", "caption_file": REPO / c.captions, "local_files_only": True}
+        models = {}
+        if c.colordiff:
+            models.update(self.run_colordiff(data))
+        if c.seada:
+            models.update(self.run_seada(data))
+        from colordiff.mini.report import report
+
+        return report(self, models)
+
+    def run_colordiff(self, data: dict) -> dict[str, Path]:
+        w = self.work
+        init = self.phase("colordiff init-model", w / "colordiff_init",
+                          lambda: self.init_model(w / "colordiff_init", "colordiff"))
+        self.phase("train_unet (Eq.2)", w / "unet" / "model", lambda: self.train(
+            "train_unet.py", self.config.unet_recipe, pretrained_model_name_or_path=init, output_dir=w / "unet",
+            **data))
+        self.phase("train_decoder (Eq.7)", w / "decoder" / "model", lambda: self.train(
+            "train_decoder.py", self.config.decoder_recipe, pretrained_model_name_or_path=init,
+            output_dir=w / "decoder", **data))
+        from colordiff.pipelines.assemble import merge_decoder
+
+        self.phase("merge-decoder", w / "colordiff", lambda: merge_decoder(
+            w / "unet" / "model", w / "decoder" / "model", w / "colordiff", local_files_only=True))
+        return {"untrained": init, "unet_only": w / "unet" / "model", "unet_decoder": w / "colordiff"}
+
+    def run_seada(self, data: dict) -> dict[str, Path]:
+        """Stage 0 from the base, then I, II, III in order; and Table 2's "stage II only" (II straight after 0)."""
+        w, recipes = self.work, self.config.seada_recipes
+        init = self.phase("seada init-model", w / "seada_init", lambda: self.init_model(w / "seada_init", "seada"))
+        runs = [("seada_stage0", 0, init), ("seada_stage1", 1, w / "seada_stage0" / "model"),
+                ("seada_stage2", 2, w / "seada_stage1" / "model"), ("seada_stage3", 3, w / "seada_stage2" / "model"),
+                ("seada_stage2_only", 2, w / "seada_stage0" / "model")]
+        for name, stage, start in runs:
+            self.phase(f"train_seada stage {stage} ({name})", w / name / "model", lambda name=name, stage=stage,
+                       start=start: self.train("train_seada.py", [paper_recipe(recipes[stage]), recipes[stage]],
+                                               pretrained_model_name_or_path=start, output_dir=w / name, **data))
+        return {"seada_ii": w / "seada_stage2_only" / "model", "seada_i_ii": w / "seada_stage2" / "model",
+                "seada_i_ii_iii": w / "seada_stage3" / "model"}
+
+
+def main(config: LabConfig) -> Path:
+    if config.data_dir in ("", "???"):
+        raise ConfigError("data_dir is required (a folder of color photos)")
+    torch.set_num_threads(config.threads or torch.get_num_threads())
+    lab = Lab(config)
+    lab.run()
+    lab.log(f"total {time.time() - lab.start:.0f} s; table: {lab.work / 'table.md'}, grid: {lab.work / 'grid.png'}")
+    print((lab.work / "table.md").read_text())
+    return lab.work / "table.md"
+
+
+def load_lab_config(files: list[str], overrides: list[str]) -> LabConfig:
+    return load_config(LabConfig, files, overrides)

@@ -1,0 +1,74 @@
+"""The miniature's photos: a folder split into training and held-out photos, resized to one shorter side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from colordiff.io import is_image_path, read_image
+
+
+def list_photos(data_dir: str | Path, heldout: list[str]) -> tuple[list[Path], list[Path]]:
+    """(training files, held-out files) under data_dir, sorted; a held-out entry names a file by its stem. Every
+    held-out name must exist (a typo would silently train on the photo meant to be held out)."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: photo folder not found")
+    files = sorted(f for f in root.rglob("*") if f.is_file() and is_image_path(f)
+                   and not any(p.startswith(".") for p in f.relative_to(root).parts))
+    stems = {f.stem for f in files}
+    missing = [name for name in heldout if name not in stems]
+    if missing:
+        raise FileNotFoundError(f"{root}: held-out photos not found: {', '.join(missing)}")
+    keep = set(heldout)
+    return [f for f in files if f.stem not in keep], [f for f in files if f.stem in keep]
+
+
+def resize_shorter(rgb: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, H, W) -> shorter side `size`, aspect kept (antialiased bicubic, clamped to [0, 1])."""
+    h, w = rgb.shape[-2:]
+    scale = size / min(h, w)
+    shape = (max(size, round(h * scale)), max(size, round(w * scale)))
+    return F.interpolate(rgb[None], size=shape, mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
+
+
+def load_photo(path: Path, size: int) -> torch.Tensor:
+    return resize_shorter(torch.from_numpy(read_image(path).rgb).permute(2, 0, 1), size)  # (3, h, w) in [0, 1]
+
+
+def color_photos(files: list[Path], min_chroma: float = 3.0) -> list[Path]:
+    """The files that are color photos: mean Lab chroma at least `min_chroma` (training's screening rule), so
+    black-and-white photos in the folder are left out."""
+    from colordiff.data import mean_chroma
+
+    return [f for f in files if mean_chroma(read_image(f).rgb) >= min_chroma]
+
+
+def load_photos(data_dir: str | Path, heldout: list[str], size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(training photos, held-out photos) as (3, h, w) tensors at shorter side `size`; gray photos left out."""
+    train, held = list_photos(data_dir, heldout)
+    train = color_photos(train)
+    if not train:
+        raise ValueError(f"{data_dir}: no color training photos")
+    return [load_photo(p, size) for p in train], [load_photo(p, size) for p in held]
+
+
+def random_crops(photos: list[torch.Tensor], count: int, crop: int, resize_range: list[float],
+                 generator: torch.Generator, indices: list[int] | None = None) -> torch.Tensor:
+    """`count` random crops (count, 3, crop, crop): a random photo (the i-th one for i in `indices` when given), its
+    shorter side resized to crop x U(range), a random square, a random horizontal flip."""
+    out = []
+    for k in range(count):
+        pick = int(torch.randint(len(photos), (1,), generator=generator))
+        photo = photos[indices[k] if indices is not None else pick]
+        low, high = resize_range
+        factor = low + (high - low) * float(torch.rand((), generator=generator))
+        image = resize_shorter(photo, round(crop * factor))
+        h, w = image.shape[-2:]
+        top = int(torch.randint(h - crop + 1, (1,), generator=generator))
+        left = int(torch.randint(w - crop + 1, (1,), generator=generator))
+        image = image[:, top : top + crop, left : left + crop]
+        out.append(image.flip(-1) if float(torch.rand((), generator=generator)) < 0.5 else image)
+    return torch.stack(out)
