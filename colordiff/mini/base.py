@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 
 from colordiff.color import rgb_to_gray, rgb_to_lab
 from colordiff.io import atomic_folder, atomic_write
-from colordiff.mini.photos import list_photos, load_photos, random_crops
+from colordiff.mini.photos import list_photos, load_photo, random_crops
 from colordiff.testing import TINY_TEXT_DIM, tiny_scheduler, tiny_text_encoder, tiny_tokenizer
 
 
@@ -133,10 +133,7 @@ def train_vae(photos: list[torch.Tensor], config: MiniBaseConfig, log) -> Autoen
 @torch.no_grad()
 def latent_statistics(vae: AutoencoderKL, photos: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of the posterior means over whole color photos (the latents diffusion models)."""
-    values = []
-    for photo in photos:
-        z = vae.encode(_pad_to(photo, 2 ** (len(vae.config.block_out_channels) - 1))[None] * 2 - 1).latent_dist.mean
-        values.append(z[0].flatten(1))  # (C, h*w)
+    values = [encode_photo(vae, photo).mean[0].flatten(1) for photo in photos]  # each (C, h*w)
     values = torch.cat(values, dim=1)
     return values.mean(1), values.std(1)
 
@@ -158,9 +155,13 @@ def normalise_latents(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor)
     p.weight *= std[None, :, None, None]
 
 
-def _pad_to(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = image.shape[-2:]
-    return F.pad(image, (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")
+def encode_photo(vae: AutoencoderKL, photo: torch.Tensor):
+    """The posterior of one photo (3, h, w) in [0, 1], padded (replicated edges) to whole latent cells; decode and
+    crop [..., :h, :w] to get the photo's size back."""
+    multiple = 2 ** (len(vae.config.block_out_channels) - 1)
+    h, w = photo.shape[-2:]
+    padded = F.pad(photo[None], (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")  # (1, 3, H, W)
+    return vae.encode(padded * 2 - 1).latent_dist
 
 
 @torch.no_grad()
@@ -171,8 +172,7 @@ def reconstruction_report(vae: AutoencoderKL, photos: list[torch.Tensor]) -> dic
     psnr, cf, cf_gt = [], [], []
     for photo in photos:
         h, w = photo.shape[-2:]
-        z = vae.encode(_pad_to(photo, 2 ** (len(vae.config.block_out_channels) - 1))[None] * 2 - 1).latent_dist.mode()
-        recon = ((vae.decode(z).sample[0, :, :h, :w] + 1) / 2).clamp(0, 1)
+        recon = ((vae.decode(encode_photo(vae, photo).mode()).sample[0, :, :h, :w] + 1) / 2).clamp(0, 1)
         pred, gt = (metrics.as_uint8_batch((x[None] * 255).round().to(torch.uint8)) for x in (recon, photo))
         psnr.append(float(metrics.psnr(pred, gt)[0]))
         cf.append(float(metrics.colorfulness(pred)[0]))
@@ -182,16 +182,13 @@ def reconstruction_report(vae: AutoencoderKL, photos: list[torch.Tensor]) -> dic
             "per_image_psnr": psnr}
 
 
-def photo_texts(config: MiniBaseConfig) -> list[str]:
-    """The text of each training photo (in load_photos' order): its caption, or "" without a captions file."""
-    train, _ = list_photos(config.data_dir, config.heldout)
+def photo_texts(files: list[Path], config: MiniBaseConfig) -> list[str]:
+    """The text of each training photo file: its caption, or "" without a captions file."""
     if config.captions is None:
-        return [""] * len(train)
-    from colordiff.mini.photos import color_photos
-
+        return [""] * len(files)
     lines = [json.loads(line) for line in Path(config.captions).read_text().splitlines() if line.strip()]
     captions = {Path(r["path"]).stem: r[config.caption_key] for r in lines}
-    return [captions.get(p.stem, "") for p in color_photos(train)]
+    return [captions.get(p.stem, "") for p in files]
 
 
 def pretrain_unet(pipe: StableDiffusionPipeline, photos: list[torch.Tensor], texts: list[str],
@@ -241,9 +238,13 @@ def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
         return out
     if config.threads:
         torch.set_num_threads(config.threads)
-    train, heldout = load_photos(config.data_dir, config.heldout, config.image_size)
+    train_files, heldout_files = list_photos(config.data_dir, config.heldout)
+    if not train_files:
+        raise ValueError(f"{config.data_dir}: no color training photos")
     if config.heldout_dir is not None:
-        heldout += load_photos(config.heldout_dir, [], config.image_size)[0]
+        heldout_files += list_photos(config.heldout_dir, [])[0]
+    train = [load_photo(p, config.image_size) for p in train_files]
+    heldout = [load_photo(p, config.image_size) for p in heldout_files]
     log(f"base: {len(train)} training photos, {len(heldout)} held out, shorter side {config.image_size}")
     start = time.time()
     vae = train_vae(train, config, log)
@@ -261,7 +262,7 @@ def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
                                    unet=unet, scheduler=tiny_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     begin = time.time()
-    pretrain_unet(pipe, train, photo_texts(config), config, log)
+    pretrain_unet(pipe, train, photo_texts(train_files, config), config, log)
     report.update(unet_pretrain_steps=config.unet_pretrain_steps, unet_seconds=time.time() - begin)
     with atomic_folder(out) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)

@@ -22,7 +22,7 @@ import torch
 
 from colordiff.config import ConfigError, dotlist_value, load_config
 from colordiff.io import atomic_write, write_image
-from colordiff.mini.photos import color_photos, list_photos, load_photo
+from colordiff.mini.photos import list_photos, load_photo
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,6 @@ class Lab:
     def prepare_photos(self) -> None:
         """Training photos (color only) and held-out ground truths + gray inputs, at the miniature's size, as PNG."""
         train, held = list_photos(self.config.data_dir, self.config.heldout)
-        train = color_photos(train)
         from colordiff.color import rgb_to_gray
 
         for folder, files in (("train", train), ("gt", held)):

@@ -12,7 +12,8 @@ from colordiff.io import is_image_path, read_image
 
 def list_photos(data_dir: str | Path, heldout: list[str]) -> tuple[list[Path], list[Path]]:
     """(training files, held-out files) under data_dir, sorted; a held-out entry names a file by its stem. Every
-    held-out name must exist (a typo would silently train on the photo meant to be held out)."""
+    held-out name must exist (a typo would silently train on the photo meant to be held out). Training files are
+    color photos only (color_photos): black-and-white photos in the folder are left out."""
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: photo folder not found")
@@ -23,7 +24,7 @@ def list_photos(data_dir: str | Path, heldout: list[str]) -> tuple[list[Path], l
     if missing:
         raise FileNotFoundError(f"{root}: held-out photos not found: {', '.join(missing)}")
     keep = set(heldout)
-    return [f for f in files if f.stem not in keep], [f for f in files if f.stem in keep]
+    return color_photos([f for f in files if f.stem not in keep]), [f for f in files if f.stem in keep]
 
 
 def resize_shorter(rgb: torch.Tensor, size: int) -> torch.Tensor:
@@ -44,15 +45,6 @@ def color_photos(files: list[Path], min_chroma: float = 3.0) -> list[Path]:
     from colordiff.data import mean_chroma
 
     return [f for f in files if mean_chroma(read_image(f).rgb) >= min_chroma]
-
-
-def load_photos(data_dir: str | Path, heldout: list[str], size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(training photos, held-out photos) as (3, h, w) tensors at shorter side `size`; gray photos left out."""
-    train, held = list_photos(data_dir, heldout)
-    train = color_photos(train)
-    if not train:
-        raise ValueError(f"{data_dir}: no color training photos")
-    return [load_photo(p, size) for p in train], [load_photo(p, size) for p in held]
 
 
 def random_crops(photos: list[torch.Tensor], count: int, crop: int, resize_range: list[float],

@@ -44,6 +44,7 @@ def baseline_predictions(lab, gt_dir: Path, names: list[str]) -> dict[str, Path]
     from diffusers import AutoencoderKL
 
     from colordiff.color import merge_luminance, split_luminance
+    from colordiff.mini.base import encode_photo
 
     out, photos = {}, lab.work / "photos"
     gray = photos / "gray"
@@ -60,15 +61,13 @@ def baseline_predictions(lab, gt_dir: Path, names: list[str]) -> dict[str, Path]
     folder = lab.work / "pred" / "vae_ceiling"
     if not folder.exists():
         vae = AutoencoderKL.from_pretrained(lab.work / "base", subfolder="vae", use_safetensors=True).eval()
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
         results = []
         with torch.no_grad():
             for n in names:
-                x = _rgb(gt_dir / n)[None]
+                x = _rgb(gt_dir / n)  # (3, h, w)
                 h, w = x.shape[-2:]
-                padded = torch.nn.functional.pad(x, (0, (-w) % factor, 0, (-h) % factor), mode="replicate")
-                recon = ((vae.decode(vae.encode(padded * 2 - 1).latent_dist.mode()).sample + 1) / 2)[..., :h, :w]
-                results.append(merge_luminance(split_luminance(x)[0], split_luminance(recon.clamp(0, 1))[1])[0])
+                recon = ((vae.decode(encode_photo(vae, x).mode()).sample + 1) / 2)[..., :h, :w]  # (1, 3, h, w)
+                results.append(merge_luminance(split_luminance(x[None])[0], split_luminance(recon.clamp(0, 1))[1])[0])
         _write_each(folder, names, results)
     out["vae_ceiling"] = folder
     return out

@@ -56,7 +56,7 @@ class SeAdaPipeline(RecordsPriorGenerators, DiffusionPipeline):
         """An untrained SeAda model from SD components: it computes exactly SD's U-Net output on e_r. The mapper
         downsamples as much as the VAE does (three stride-2 layers for SD's 8x VAE)."""
         halvings = len(sd.vae.config.block_out_channels) - 1
-        mapper_hidden = (16, 32, 96) if halvings == 3 else tuple(16 * 2**i for i in range(halvings - 1)) + (96,)
+        mapper_hidden = tuple(16 * 2**i for i in range(halvings - 1)) + (96,)  # (16, 32, 96) for SD's 8x
         return cls(
             vae=sd.vae, unet=sd.unet,
             control=SeAdaControlModel.from_unet(sd.unet, mapper_channels=mapper_channels, use_rca=use_rca,
