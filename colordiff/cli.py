@@ -43,8 +43,8 @@ def _colorize_parser(commands) -> None:
                    f"{_default(d.seed)}")
     p.add_argument("--num-samples", dest="num_samples", type=int,
                    help=f"outputs per input, named _0 ... _N-1 when N > 1 {_default(d.num_samples)}")
-    p.add_argument("--resolution", type=int, help=f"working side in pixels, aspect kept, sides multiples of 64 "
-                   f"{_default(d.resolution)}")
+    p.add_argument("--resolution", type=int, help=f"working side in pixels (a multiple of 8), aspect kept, sides "
+                   f"rounded to the model's size multiple (64 for SD1.5) {_default(d.resolution)}")
     p.add_argument("--batch-size", dest="batch_size", type=int,
                    help=f"images (files x samples) per U-Net batch {_default(d.batch_size)}")
     p.add_argument("--prompt", help="text condition replacing the automatic one (default: caption and category "

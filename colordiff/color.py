@@ -148,6 +148,14 @@ def rgb_to_gray(rgb: torch.Tensor) -> torch.Tensor:
     return _gray_from_luminance(L).to(rgb.dtype)
 
 
+def rgb_to_luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """Lab L (..., 1, H, W) of sRGB (..., 3, H, W): the L of rgb_to_lab, computed without a and b."""
+    _check_channels(rgb, 3, "rgb")
+    x = rgb.to(_work_dtype(rgb))
+    Y = _mix(_XYZ_FROM_RGB[1:2], _srgb_to_linear(x))  # (..., 1, H, W); the same sums as rgb_to_lab's Y row
+    return (116.0 * _f(Y / _WHITE[1]) - 16.0).to(rgb.dtype)
+
+
 def split_luminance(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Split sRGB (..., 3, H, W) into Lab luminance L (..., 1, H, W) and chroma ab (..., 2, H, W)."""
     lab = rgb_to_lab(rgb)

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from colordiff import metrics as M
-from colordiff.config import ConfigError
+from colordiff.config import ConfigError, setting
 from colordiff.devices import accelerator_available
 from colordiff.errors import EXIT_FAILURES, EXIT_OK, UsageError
 from colordiff.io import ImageReadError, atomic_write
@@ -48,8 +48,9 @@ class MetricSettings:
     fid_weights: str | None = None  # local Inception weights (.pth read with weights_only=True, or .safetensors)
     lpips_net: str = "vgg"  # vgg (as CT2) | alex
     lpips_weights: str | None = None  # local torchvision vgg16 / alexnet weights
-    on_size_mismatch: str = "error"  # pred and gt sizes differ: error | resize (pred to gt's size, then the protocol)
-    batch_size: int = 50
+    # pred and gt sizes differ: error | resize (pred to gt's size, then the protocol)
+    on_size_mismatch: str = setting("error", choices=("error", "resize"), rule="must be error or resize")
+    batch_size: int = setting(50, min=1)
     device: str = "auto"  # auto: cuda when available, else cpu
 
 

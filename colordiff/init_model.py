@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from colordiff.config import error_line
 from colordiff.devices import DTYPES
 from colordiff.errors import EXIT_OK, UsageError
 
@@ -19,6 +18,7 @@ def run_init_model(output: str, *, tiny: bool, base: str | None, dtype: str, loc
     """Write an untrained ColorDiff or SeAda model folder (tiny random, or assembled from SD1.5) atomically."""
     from colordiff.pipelines import ColorDiffPipeline
     from colordiff.pipelines.assemble import save_pipeline_atomically
+    from colordiff.pipelines.registry import SD_COMPONENTS, ModelLoadError, guarded_load
     from colordiff.pipelines.seada_pipeline import SeAdaPipeline
     from colordiff.testing import tiny_colordiff_pipeline, tiny_seada_pipeline
 
@@ -35,11 +35,13 @@ def run_init_model(output: str, *, tiny: bool, base: str | None, dtype: str, loc
         if DTYPES[dtype] != torch.float32:
             pipe = pipe.to(dtype=DTYPES[dtype])
     else:
-        try:
-            pipe = cls.from_stable_diffusion(BASE_MODELS.get(base, base), dtype=DTYPES[dtype],
-                                             local_files_only=local_files_only)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"cannot load Stable Diffusion weights from {base}: {error_line(err)}") from None
+        source = BASE_MODELS.get(base, base)
+        try:  # any failure: one line naming the file at fault
+            pipe = guarded_load(source, lambda: cls.from_stable_diffusion(source, dtype=DTYPES[dtype],
+                                                                          local_files_only=local_files_only),
+                                SD_COMPONENTS, local_files_only=local_files_only)
+        except ModelLoadError as err:
+            raise UsageError(f"cannot load Stable Diffusion weights from {base}: {err.detail}") from None
     save_pipeline_atomically(pipe, target)
     print(f"colordiff: wrote {'tiny random' if tiny else 'untrained'} {name} model to {target}", file=sys.stderr)
     return EXIT_OK

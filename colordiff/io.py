@@ -4,19 +4,31 @@ Robust image reading and atomic writing.
 read_image turns any supported file into a float32 RGB array in [0, 1] (plus alpha when the file has one), applies
 the EXIF orientation, and refuses everything else with one ImageReadError whose message is a single line naming the
 file and the reason. write_image and atomic_write never leave a half-written file behind: data goes to a hidden temp
-file in the target's folder and is renamed onto the target only once complete.
+file in the target's folder and is renamed onto the target only once complete (colordiff.files.remove_stale_temps
+clears what a killed process left).
 """
 
+import errno
 import os
 import shutil
-import uuid
+import stat
+import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from colordiff.files import (
+    remove_stale_temps,
+    special_file_reason,
+    staging_folder_for,
+    stat_failure_reason,
+    temp_file_for,
+)
 
 # Decompression-bomb guard: a tiny compressed file can declare billions of pixels and exhaust memory when decoded,
 # so read_image checks width * height from the header against this limit before decoding any pixel data.
@@ -69,6 +81,8 @@ class LoadedImage:
     format: str  # PIL format name, e.g. "JPEG"
     bit_depth: int  # 8, or 16 for high-precision sources (16-bit / 32-bit int / float grayscale)
     path: Path
+    frames: int = 1  # frames or pages in the file (animations, multi-page TIFF); only the first is read
+    warnings: list[str] = field(default_factory=list)  # one line each: what the decoder noticed (corrupt EXIF, ...)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -86,13 +100,37 @@ def is_image_path(path: str | os.PathLike) -> bool:
 
 
 def _check_file(path: Path) -> None:
-    """Raise ImageReadError unless path is a non-empty regular file."""
-    if path.is_dir():
+    """Raise ImageReadError unless path is a non-empty regular file; looks with stat only, never opens."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ImageReadError(path, stat_failure_reason(path, exc)) from exc
+    if stat.S_ISDIR(st.st_mode):
         raise ImageReadError(path, "is a directory, not an image file")
-    if not path.exists():
-        raise ImageReadError(path, "no such file")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(st.st_mode):  # opening a pipe blocks until a writer comes; a device may never end
+        raise ImageReadError(path, special_file_reason(st.st_mode))
+    if st.st_size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
+
+
+def _open_regular(path: Path):
+    """Open path for reading in binary, or raise ImageReadError; refuses anything but a regular file without
+    blocking, even one swapped in after _check_file looked (O_NONBLOCK makes opening a pipe return at once)."""
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageReadError(path, special_file_reason(mode))
+        if nonblock:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _check_dimensions(path: Path, size: tuple[int, int], max_pixels: int | None, min_side: int) -> None:
@@ -128,7 +166,8 @@ def _to_arrays(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
         target = "LA" if img.has_transparency_data else "L"
     else:
         target = "RGBA" if img.has_transparency_data else "RGB"
-    arr = np.asarray(img if mode == target else img.convert(target)).astype(np.float32) / 255  # (H, W, C) or (H, W)
+    arr = np.asarray(img if mode == target else img.convert(target)).astype(np.float32)  # (H, W, C) or (H, W)
+    arr /= 255  # in place: one full-size float copy, not two (the same values as `/ 255`)
     if target == "L":
         return _gray_to_rgb(arr), None, 8
     if target == "LA":
@@ -143,25 +182,77 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
+def _count_frames(src: Image.Image) -> int:
+    """Frames or pages in src, 1 for a still image; src stays at its first frame."""
+    if src.format == "MPO":
+        return 1  # a camera JPEG's extra images are previews, depth or gain maps: the photo is the first
+    try:
+        return max(1, int(getattr(src, "n_frames", 1)))
+    except Exception:  # damage after the first frame: that frame may still be whole, load() will tell
+        src.seek(0)
+        return 1
+
+
+# Pillow reports damage it reads past (corrupt EXIF, a malformed MPO, ...) with warnings.warn, printed without the
+# image's name; read_image keeps them in LoadedImage.warnings. Not with warnings.catch_warnings: it swaps
+# process-wide state (filters, showwarning), so in the thread pool that reads images one thread's exit restores
+# what another installed, and another thread's warning during a decode would be taken as the image's; a lock would
+# bind only the code that takes it. So warnings.warn is wrapped, once: a call on a thread inside read_image goes to
+# that thread's own list, every other call to the original unchanged. Pillow warns only through warnings.warn (its
+# C code never warns).
+_recording = threading.local()
+_wrap_lock = threading.Lock()
+_original_warn = None
+# passed on, not about the file: the bomb guard keeps its behaviour (read_image turns it into an error when the
+# filters make it one), and deprecations speak of the code calling Pillow
+_PASSED_ON = (Image.DecompressionBombWarning, DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def _warn(message, category=None, stacklevel=1, source=None, **kwargs):
+    """warnings.warn, except on a thread inside read_image, where file warnings are recorded."""
+    records = getattr(_recording, "records", None)
+    kind = type(message) if isinstance(message, Warning) else (category or UserWarning)
+    if records is None or issubclass(kind, _PASSED_ON):
+        # one frame more: the warning is attributed to the caller, as without the wrapper
+        return _original_warn(message, category, stacklevel + 1, source, **kwargs)
+    line = " ".join(str(message).split())
+    if line not in records:  # Pillow reads EXIF more than once and repeats itself
+        records.append(line)
+
+
+@contextmanager
+def _recorded_warnings() -> Iterator[list[str]]:
+    """Yield the list the calling thread's file warnings go to while the block runs."""
+    global _original_warn
+    with _wrap_lock:
+        if _original_warn is None:
+            _original_warn, warnings.warn = warnings.warn, _warn
+    previous = getattr(_recording, "records", None)
+    _recording.records = records = []
+    try:
+        yield records
+    finally:
+        _recording.records = previous
+
+
 def read_image(
     path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
 ) -> LoadedImage:
-    """Read an image file into a LoadedImage, or raise ImageReadError with a one-line reason."""
+    """Read an image file (the first frame of an animation or multi-page file) into a LoadedImage, or raise
+    ImageReadError with a one-line reason; what the decoder warns about the file goes to LoadedImage.warnings."""
     # PIL's own guard (a warning above Image.MAX_IMAGE_PIXELS, an error above twice that) still runs inside
     # Image.open; its error, and its warning when the warning filters make it an exception, become ImageReadError.
     # max_pixels=None leaves only PIL's guard.
     path = Path(path)
     _check_file(path)
-    try:
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot open: {exc.strerror or exc}") from exc
-    with fh:
+    fh = _open_regular(path)
+    with fh, _recorded_warnings() as notes:
         try:
             with Image.open(fh) as src:
                 # header only: nothing is decoded yet, so a decompression bomb costs nothing
                 _check_dimensions(path, src.size, max_pixels, min_side)
                 _check_mode(path, src.mode)
+                frames = _count_frames(src)  # before load(): counting seeks, and must not move the loaded frame
                 src.load()  # decode everything now, so truncation is caught here and not at first use
                 # MPO is how Pillow names camera JPEGs that carry extra frames; the first frame is a plain JPEG
                 fmt = "JPEG" if src.format == "MPO" else str(src.format)
@@ -177,12 +268,39 @@ def read_image(
             raise
         except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, zlib.error, ... on damaged data
             raise ImageReadError(path, f"truncated or corrupt image data: {exc}") from exc
-    rgb, alpha, bit_depth = _to_arrays(img)
-    return LoadedImage(rgb=rgb, alpha=alpha, format=fmt, bit_depth=bit_depth, path=path)
+        rgb, alpha, bit_depth = _to_arrays(img)
+    return LoadedImage(rgb, alpha, fmt, bit_depth, path, frames=frames, warnings=notes)
 
 
 # -----------------------------------------------------------------------------
 # writing
+
+
+def _current_umask() -> int:
+    """The process umask; read from /proc where it can be, since os.umask can only read it by setting it (which
+    would briefly change it for every other thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def umask_permissions(path: str | os.PathLike) -> None:
+    """Give path (a file, or every file and folder under a folder) the modes a plain open() would: 0o666 (files) and
+    0o777 (folders) less the process umask. The safetensors library writes 0o600, which would lock other users out
+    of a shared model folder."""
+    umask = _current_umask()
+    root = Path(path)
+    entries = [root] if root.is_file() else [root, *root.rglob("*")]
+    for entry in entries:
+        if entry.is_symlink():
+            continue
+        entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
 
 
 @contextmanager
@@ -190,11 +308,11 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path next to path; rename it onto path on success, delete it on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # same folder so os.replace is an atomic rename on one filesystem; hidden and .tmp so folder scans skip it;
-    # the name is not created here, so the writer creates it with the usual permissions (mkstemp would force 0600)
-    tmp = path.parent / f".{path.name[:100]}.{uuid.uuid4().hex}.tmp"
+    # same folder so os.replace is an atomic rename on one filesystem; hidden and .tmp so folder scans skip it
+    tmp = temp_file_for(path)
     try:
         yield tmp
+        umask_permissions(tmp)  # the writer may be the safetensors library, which creates 0o600
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -207,9 +325,13 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     first), on failure it is deleted: the folder at path is whole or absent (or the old one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name[:100]}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_temps(path.parent, target=path.name)  # what a killed export of this folder left
+    staging = staging_folder_for(path)
     try:
         yield staging
+        if not staging.is_dir():  # checked before the old folder goes: a writer that made nothing must not erase it
+            raise FileNotFoundError(errno.ENOENT, "nothing was written to the staging folder", str(staging))
+        umask_permissions(staging)  # safetensors writes 0o600: a shared model folder must be readable by others
         if path.exists():
             shutil.rmtree(path)
         os.replace(staging, path)

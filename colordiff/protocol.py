@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from colordiff.config import ConfigError
+from colordiff.config import check_settings, setting
 from colordiff.errors import UsageError
 from colordiff.io import ImageReadError, is_image_path, read_image
 
@@ -42,10 +42,18 @@ RESAMPLE_NAMES = (*_PIL_RESAMPLE, "cv2")
 class Protocol:
     """How images are brought to the evaluation size (see the module docstring)."""
 
-    size: int = 256  # evaluation side in pixels; 0 = native size (pred and gt must then have equal sizes)
-    crop: str = "center"  # center | stretch
-    resample: str = "bicubic"  # bicubic | bilinear | lanczos (PIL, antialiased when shrinking) | cv2 (DDColor's)
-    crop_border: int = 0  # pixels cut from each border before PSNR and SSIM (BasicSR's crop_border)
+    # evaluation side in pixels; 0 = native size (pred and gt must then have equal sizes)
+    size: int = setting(256, min=0, rule="must be 0 (native) or a positive size")
+    crop: str = setting("center", choices=("center", "stretch"), rule="must be center or stretch")
+    # bicubic | bilinear | lanczos (PIL, antialiased when shrinking) | cv2 (DDColor's)
+    resample: str = setting("bicubic", choices=RESAMPLE_NAMES)
+    # pixels cut from each border before PSNR and SSIM (BasicSR's crop_border)
+    crop_border: int = setting(0, min=0, rule="must be 0 or more pixels")
+
+    def config_checks(self):
+        if self.size > 0 and 2 * self.crop_border >= self.size:
+            yield "crop_border", (f"{self.crop_border} leaves nothing of a {self.size} px image "
+                                  "(it is cut from each border)")
 
 
 def resize(rgb: np.ndarray, width: int, height: int, resample: str) -> np.ndarray:
@@ -79,17 +87,9 @@ def apply_protocol(rgb: np.ndarray, protocol: Protocol) -> np.ndarray:
 
 
 def check_protocol(protocol: Protocol) -> None:
-    if protocol.size < 0:
-        raise ConfigError(f"protocol.size must be 0 (native) or a positive size, got {protocol.size}")
-    if protocol.crop not in ("center", "stretch"):
-        raise ConfigError(f"protocol.crop must be center or stretch, got {protocol.crop!r}")
-    if protocol.resample not in RESAMPLE_NAMES:
-        raise ConfigError(f"protocol.resample must be one of {', '.join(RESAMPLE_NAMES)}, got {protocol.resample!r}")
-    if protocol.crop_border < 0:
-        raise ConfigError(f"protocol.crop_border must be 0 or more pixels, got {protocol.crop_border}")
-    if protocol.size and 2 * protocol.crop_border >= protocol.size:
-        raise ConfigError(f"protocol.crop_border {protocol.crop_border} leaves nothing of a {protocol.size} px image "
-                          f"(it is cut from each border)")
+    """A ConfigError naming the first bad value (`protocol.size must be ...`): the checks load_config runs on every
+    settings file, here for a Protocol built in code."""
+    check_settings(protocol, "protocol.")
 
 
 def read_uint8(path: Path) -> np.ndarray:

@@ -118,27 +118,35 @@ def test_num_samples_seed_and_overwrite(tmp_path, tiny_model_dir, capsys):
     assert np.abs(again - first[0]).mean() > 0.5  # another seed, another result
 
 
-def test_failing_batch_is_reported_and_the_rest_continues(photos, tmp_path, tiny_model_dir, capsys, monkeypatch):
+def test_a_file_that_fails_fails_alone_and_the_rest_continues(photos, tmp_path, tiny_model_dir, capsys,
+                                                               monkeypatch):
+    """Per-file isolation: a batch that fails is retried file by file, so only the file that causes it fails."""
+    from colordiff.colorize_jobs import sample_seed
     from colordiff.pipelines import ColorDiffPipeline
 
     shutil.rmtree(photos / "bad")
+    poisoned = sample_seed(0, Path("sub/b.jpg"), 0)
     calls = {"n": 0}
     original = ColorDiffPipeline.__call__
 
-    def flaky(self, *args, **kwargs):
+    def fails_on_one_file(self, images, *args, generator, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if any(g.initial_seed() == poisoned for g in generator):
             raise RuntimeError("CUDA out of memory (simulated)")
-        return original(self, *args, **kwargs)
+        return original(self, images, *args, generator=generator, **kwargs)
 
-    monkeypatch.setattr(ColorDiffPipeline, "__call__", flaky)
+    monkeypatch.setattr(ColorDiffPipeline, "__call__", fails_on_one_file)
     out = tmp_path / "out"
     assert main(["colorize", str(photos), "-o", str(out), "--model", str(tiny_model_dir), "--batch-size", "2",
                  *FAST]) == 1
     err = capsys.readouterr().err
-    assert err.count("colorization failed: RuntimeError: CUDA out of memory (simulated)") == 2
-    assert "3 colorized, 0 skipped (already done), 2 failed" in err
-    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp files left
+    assert err.count("colorization failed: RuntimeError: CUDA out of memory (simulated)") == 1
+    assert "sub/b.jpg: colorization failed" in err
+    assert "4 colorized, 0 skipped (already done), 1 failed" in err
+    assert calls["n"] == 3 + 2  # three batches of two, two and one; the failing batch again file by file
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")) == [
+        "a.png", "d16.png", "kodim23.jpg", "sub/c_alpha.png"]
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp or claim files left
 
 
 def test_config_file_and_overrides(tmp_path, tiny_model_dir, capsys):

@@ -16,16 +16,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "colordiff"
 # Layers, bottom first. A module may import modules of its own layer or of a layer below, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pixels, settings, models, sampling", (
-        "colordiff", "colordiff.color", "colordiff.io", "colordiff.config", "colordiff.devices", "colordiff.errors",
-        "colordiff.resources", "colordiff.models", "colordiff.sampling",
+        "colordiff", "colordiff.color", "colordiff.files", "colordiff.io", "colordiff.config", "colordiff.devices",
+        "colordiff.errors", "colordiff.resources", "colordiff.models", "colordiff.sampling", "colordiff.claims",
     )),
     ("semantics, pipelines, data, metrics", (
         "colordiff.semantics", "colordiff.pipelines", "colordiff.data", "colordiff.latents", "colordiff.metrics",
         "colordiff.protocol", "colordiff.testing",
     )),
     ("applications", (
-        "colordiff.colorize", "colordiff.captions_file", "colordiff.init_model", "colordiff.evaluate",
-        "colordiff.reproduce", "colordiff.training", "colordiff.mini",
+        "colordiff.colorize", "colordiff.colorize_jobs", "colordiff.captions_file", "colordiff.init_model",
+        "colordiff.evaluate", "colordiff.reproduce", "colordiff.training", "colordiff.mini",
     )),
     ("command line", ("colordiff.cli",)),
 ]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from colordiff.io import atomic_folder
 from colordiff.models import LuminanceAwareAutoencoderKL
-from colordiff.pipelines.registry import load_pipeline
+from colordiff.pipelines.registry import guarded_load, load_pipeline
 
 
 def merge_decoder(model: str | Path, decoder_model: str | Path, output: str | Path, **hub_kwargs) -> Path:
@@ -16,8 +16,8 @@ def merge_decoder(model: str | Path, decoder_model: str | Path, output: str | Pa
     Both VAEs must share the frozen encoder (the latent space the U-Net was trained in): checked, not assumed.
     """
     pipe = load_pipeline(model, **hub_kwargs)
-    vae = LuminanceAwareAutoencoderKL.from_pretrained(str(decoder_model), subfolder="vae", use_safetensors=True,
-                                                      **hub_kwargs)
+    vae = guarded_load(decoder_model, lambda: LuminanceAwareAutoencoderKL.from_pretrained(
+        str(decoder_model), subfolder="vae", use_safetensors=True, **hub_kwargs), ["vae"], **hub_kwargs)
     theirs, ours = vae.state_dict(), pipe.vae.state_dict()
     differing = [k for k in ours if k.startswith(("encoder.", "quant_conv.")) and not ours[k].equal(theirs[k])]
     if differing:
@@ -30,7 +30,7 @@ def merge_decoder(model: str | Path, decoder_model: str | Path, output: str | Pa
 
 def save_pipeline_atomically(pipe, target: str | Path) -> Path:
     """save_pretrained (safetensors) into a hidden staging folder, then swapped in: the model folder is whole or
-    absent."""
+    absent, and readable as the umask allows (not the library's 0o600)."""
     with atomic_folder(target) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
     return Path(target)

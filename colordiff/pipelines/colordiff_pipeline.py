@@ -16,9 +16,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, Scheduler
 from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from colordiff.color import gray_from_luminance, merge_luminance, split_luminance
 from colordiff.models import ConcatUNet2DConditionModel, LuminanceAwareAutoencoderKL
-from colordiff.pipelines.images import ImageInput, from_rgb_tensor, resize, to_rgb_tensor, working_size
+from colordiff.pipelines.images import ImageInput, Luminance, finish_image, luminance_of, working_gray, working_size
 from colordiff.pipelines.recorded_priors import RecordsPriorGenerators
 from colordiff.sampling import SegmentationGuidance, ddim_sample, guided_step_count, initial_noise, masks_to_latent_grid
 from colordiff.semantics.config import PriorsConfig
@@ -173,7 +172,9 @@ class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
         """
         images = list(images) if isinstance(images, list | tuple) else [images]
         generators = _per_image_generators(generator, len(images))
-        image_priors = self._priors_for(images, priors, text_needed=prompt is None)
+        device = self._execution_device  # color math runs there too: one upload per image, no round trips
+        luminance = [luminance_of(im, device) for im in images]  # B x (1, 1, H, W), the only full-size tensors
+        image_priors = self._priors_for([Luminance(lum) for lum in luminance], priors, text_needed=prompt is None)
         if prompt is not None:
             prompts = _per_image(prompt, len(images), "prompt")
         else:
@@ -183,19 +184,18 @@ class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
             image_priors = [replace(p, extra={**p.extra, "prompt": text}) for p, text in zip(image_priors, prompts,
                                                                                               strict=True)]
 
-        device = self._execution_device  # color math runs there too: one upload per image, no round trips
-        luminance = [split_luminance(to_rgb_tensor(im).to(device)[None])[0] for im in images]  # B x (1, 1, H, W)
         _check_instances(instances, luminance)
         results: list = [None] * len(images)
         sizes = [working_size(*lum.shape[-2:], resolution, self.size_multiple) for lum in luminance]
         for size, indices in _group_indices(sizes).items():  # images sharing a working size run as one batch
-            colored = self._colorize_batch(
+            decoded = self._colorize_batch(
                 [luminance[i] for i in indices], size, [prompts[i] for i in indices], negative_prompt,
-                [generators[i] for i in indices], num_inference_steps, guidance_scale, keep_luminance,
+                [generators[i] for i in indices], num_inference_steps, guidance_scale,
                 [instances[i] for i in indices], seg_strength,
-            )
-            for i, rgb in zip(indices, colored, strict=True):
-                results[i] = from_rgb_tensor(rgb, output_type)
+            )  # (b, 3, h, w)
+            for i, rgb in zip(indices, decoded, strict=True):
+                results[i] = finish_image(luminance[i], rgb, keep_luminance, output_type)
+                luminance[i] = None  # done with this image's full-size L
         self.maybe_free_model_hooks()
         return ColorDiffPipelineOutput(images=results, priors=image_priors) if return_dict else (results,)
 
@@ -210,11 +210,11 @@ class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
             kinds = tuple(k for k in kinds if k == "segmentation")
         return self.prior_generators.compute(images, kinds, self._execution_device, self.unet.dtype) if kinds else None
 
-    def _colorize_batch(self, luminance, size, prompts, negative_prompt, generators, steps, guidance, keep_luminance,
-                        instances, seg_strength):
-        """Colorize images of one working size `size` as one batch; returns (3, H, W) tensors at their input sizes."""
+    def _colorize_batch(self, luminance, size, prompts, negative_prompt, generators, steps, guidance, instances,
+                        seg_strength):
+        """Colorize images of one working size `size` as one batch; returns the decoded RGB (B, 3, h, w)."""
         device = self._execution_device
-        gray = torch.cat([resize(gray_from_luminance(lum), size) for lum in luminance])  # (B, 3, h, w)
+        gray = torch.cat([working_gray(lum, size) for lum in luminance])  # (B, 3, h, w)
         condition_latents, features = self.encode_gray(gray)  # (B, 4, h/8, w/8)
         dtype = self.unet.dtype
 
@@ -240,17 +240,7 @@ class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
                 None if uncond is None else uncond.expand_as(text_embeds), num_inference_steps=steps,
                 guidance_scale=guidance, on_step=lambda step, z: bar.update(), segmentation=guidance_inputs,
             )
-        decoded = self.decode(latents, features)  # (B, 3, h, w)
-        if not keep_luminance:
-            return [resize(rgb[None], tuple(lum.shape[-2:]))[0] for lum, rgb in zip(luminance, decoded, strict=True)]
-
-        _, ab = split_luminance(decoded)  # (B, 2, h, w)
-        outputs: list = [None] * len(luminance)
-        for indices in _group_indices([tuple(lum.shape[-2:]) for lum in luminance]).values():  # one batch per size
-            merged = merge_luminance(torch.cat([luminance[i] for i in indices]), ab[indices])  # (b, 3, H, W)
-            for i, rgb in zip(indices, merged, strict=True):
-                outputs[i] = rgb
-        return outputs
+        return self.decode(latents, features)  # (B, 3, h, w)
 
     def _segmentation(self, instances: list[Instances | None], grid: tuple[int, int], steps: int, strength: float):
         """(masks (K, 1, h, w), labels, owners (K,)) of a batch on the latent grid, or None when nothing is guided.

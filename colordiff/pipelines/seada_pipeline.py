@@ -15,7 +15,6 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from colordiff.color import gray_from_luminance, merge_luminance, split_luminance
 from colordiff.models.control import ControlledDenoiser, SeAdaControlModel
 from colordiff.models.semantic_adapter import SemanticAdapter
 from colordiff.pipelines.colordiff_pipeline import (
@@ -24,7 +23,7 @@ from colordiff.pipelines.colordiff_pipeline import (
     _per_image,
     _per_image_generators,
 )
-from colordiff.pipelines.images import ImageInput, from_rgb_tensor, resize, to_rgb_tensor, working_size
+from colordiff.pipelines.images import ImageInput, Luminance, finish_image, luminance_of, working_gray, working_size
 from colordiff.pipelines.recorded_priors import RecordsPriorGenerators
 from colordiff.sampling import ddim_sample, initial_noise
 from colordiff.semantics.generators import PriorGenerators, resolve_prior_kinds
@@ -141,27 +140,28 @@ class SeAdaPipeline(RecordsPriorGenerators, DiffusionPipeline):
         """
         images = list(images) if isinstance(images, list | tuple) else [images]
         generators = _per_image_generators(generator, len(images))
-        captions, image_priors = self.captions_for(images, priors, prompt)
+        device = self._execution_device
+        luminance = [luminance_of(im, device) for im in images]  # B x (1, 1, H, W), the only full-size tensors
+        captions, image_priors = self.captions_for([Luminance(lum) for lum in luminance], priors, prompt)
         if image_priors:
             image_priors = [ImagePriors(caption=p.caption, extra={**p.extra, "prompt": c})
                             for p, c in zip(image_priors, captions, strict=True)]
-        device = self._execution_device
-        luminance = [split_luminance(to_rgb_tensor(im).to(device)[None])[0] for im in images]  # B x (1, 1, H, W)
         sizes = [working_size(*lum.shape[-2:], resolution, self.size_multiple) for lum in luminance]
         results: list = [None] * len(images)
         for size, indices in _group_indices(sizes).items():  # one batch per working size
-            colored = self._colorize_batch([luminance[i] for i in indices], size, [captions[i] for i in indices],
+            decoded = self._colorize_batch([luminance[i] for i in indices], size, [captions[i] for i in indices],
                                            negative_prompt, [generators[i] for i in indices], num_inference_steps,
-                                           guidance_scale, keep_luminance)
-            for i, rgb in zip(indices, colored, strict=True):
-                results[i] = from_rgb_tensor(rgb, output_type)
+                                           guidance_scale)  # (b, 3, h, w)
+            for i, rgb in zip(indices, decoded, strict=True):
+                results[i] = finish_image(luminance[i], rgb, keep_luminance, output_type)
+                luminance[i] = None  # done with this image's full-size L
         self.maybe_free_model_hooks()
         return ColorDiffPipelineOutput(images=results, priors=image_priors) if return_dict else (results,)
 
-    def _colorize_batch(self, luminance, size, captions, negative_prompt, generators, steps, guidance,
-                        keep_luminance):
+    def _colorize_batch(self, luminance, size, captions, negative_prompt, generators, steps, guidance):
+        """Colorize images of one working size `size` as one batch; returns the decoded RGB (B, 3, h, w)."""
         device, dtype = self._execution_device, self.unet.dtype
-        gray = torch.cat([resize(gray_from_luminance(lum), size) for lum in luminance])  # (B, 3, h, w) in [0, 1]
+        gray = torch.cat([working_gray(lum, size) for lum in luminance])  # (B, 3, h, w) in [0, 1]
         text_embeds = self.encode_captions(captions).to(dtype)  # (B, L, d)
         use_cfg = guidance != 1.0 and any(c != negative_prompt for c in captions)  # else both branches are equal
         uncond = self.encode_captions([negative_prompt]).to(dtype).expand_as(text_embeds) if use_cfg else None
@@ -173,16 +173,7 @@ class SeAdaPipeline(RecordsPriorGenerators, DiffusionPipeline):
                                   num_inference_steps=steps, guidance_scale=guidance,
                                   on_step=lambda step, z: bar.update())
         decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-        decoded = ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0)  # (B, 3, h, w)
-        if not keep_luminance:
-            return [resize(rgb[None], tuple(lum.shape[-2:]))[0] for lum, rgb in zip(luminance, decoded, strict=True)]
-        _, ab = split_luminance(decoded)  # (B, 2, h, w)
-        outputs: list = [None] * len(luminance)
-        for indices in _group_indices([tuple(lum.shape[-2:]) for lum in luminance]).values():
-            merged = merge_luminance(torch.cat([luminance[i] for i in indices]), ab[indices])  # (b, 3, H, W)
-            for i, rgb in zip(indices, merged, strict=True):
-                outputs[i] = rgb
-        return outputs
+        return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0)  # (B, 3, h, w)
 
     @property
     def _vae_factor(self) -> int:

@@ -10,8 +10,6 @@ import numpy as np
 import PIL.Image
 import torch
 
-from colordiff.color import rgb_to_gray
-
 if TYPE_CHECKING:  # colordiff.pipelines imports this package: import it back only where it is used
     from colordiff.pipelines.images import ImageInput
 
@@ -32,9 +30,9 @@ def to_pil(image: ImageInput) -> PIL.Image.Image:
 
 def grayscale(images: Sequence[ImageInput]) -> list[PIL.Image.Image]:
     """The grayscale version the priors are computed on: sRGB gray with each image's Lab L, as the U-Net sees it."""
-    from colordiff.pipelines.images import to_rgb_tensor
+    from colordiff.pipelines.images import gray_pil
 
-    return [to_pil(rgb_to_gray(to_rgb_tensor(image))) for image in images]
+    return [gray_pil(image) for image in images]
 
 
 def resolve_source(source: str, base_dir: str | Path | None = None) -> str:

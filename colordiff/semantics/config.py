@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from colordiff.config import setting
+
 PRIORS_FILE = "semantic_priors.yaml"  # in a model folder, beside model_index.json
 
 
@@ -16,9 +18,9 @@ class CaptionerConfig:
     name: str = "blip"  # blip (paper 000) | coca (paper 001) | blip2
     source: str = "Salesforce/blip-image-captioning-large"  # hub id or folder
     revision: str | None = None  # hub branch, tag or commit
-    max_new_tokens: int = 30
-    num_beams: int = 3
-    batch_size: int = 16  # images per forward pass
+    max_new_tokens: int = setting(30, min=1)
+    num_beams: int = setting(3, min=1)
+    batch_size: int = setting(16, min=1)  # images per forward pass
 
 
 @dataclass
@@ -26,7 +28,7 @@ class ClassifierConfig:
     name: str = "efficientnet"
     source: str = "google/efficientnet-b7"
     revision: str | None = "refs/pr/2"  # the hub's safetensors conversion; main holds a pickle only
-    batch_size: int = 32
+    batch_size: int = setting(32, min=1)
 
 
 @dataclass
@@ -34,11 +36,11 @@ class SegmenterConfig:
     name: str = "mask2former"  # stands in for Transfiner (paper 000 [21]), which no package ships
     source: str = "facebook/mask2former-swin-large-coco-instance"
     revision: str | None = "refs/pr/2"  # the hub's safetensors conversion
-    score_threshold: float = 0.5  # class probability x mean mask probability, as Mask2Former ranks instances
-    min_area: float = 0.002  # fraction of the image; smaller instances are dropped
-    max_instances: int = 8  # the best-scoring ones are kept
-    input_size: int = 384  # the model runs on input_size^2 squares (its training crop size)
-    batch_size: int = 8
+    score_threshold: float = setting(0.5, min=0, max=1)  # class probability x mean mask probability (Mask2Former's)
+    min_area: float = setting(0.002, min=0, max=1)  # fraction of the image; smaller instances are dropped
+    max_instances: int = setting(8, min=1)  # the best-scoring ones are kept
+    input_size: int = setting(384, min=1)  # the model runs on input_size^2 squares (its training crop size)
+    batch_size: int = setting(8, min=1)
 
 
 @dataclass

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from colordiff.config import ConfigError, load_config
+from colordiff.config import ConfigError, error_line, load_config
+from colordiff.errors import EXIT_FAILURES, EXIT_USAGE, UsageError
+
+
+def _first_process() -> bool:
+    """Whether this is the first process of a launch (or the only one): a usage error is the same on every
+    process, so it is reported once."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run_script(schema, train_main, description: str, argv: list[str] | None = None) -> int:
@@ -17,16 +25,18 @@ def run_script(schema, train_main, description: str, argv: list[str] | None = No
         config = load_config(schema, args.config, args.overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     from colordiff.training.loop import TrainingDiverged
 
     try:
         final = train_main(config)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    except FileNotFoundError as err:  # a missing data folder, base model or previous stage: a usage error
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_FAILURES
+    # a missing data folder, base model or previous stage, a training set with no usable image: usage errors
+    except (FileNotFoundError, UsageError) as err:
+        if _first_process():
+            print(f"error: {error_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"wrote {final}")
     return 0

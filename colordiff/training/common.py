@@ -14,9 +14,11 @@ from PIL import Image
 
 from colordiff.color import rgb_to_gray
 from colordiff.data import ColorizationDataset, Example, list_images, load_captions, screen_images, text_for
+from colordiff.errors import UsageError
 from colordiff.io import ImageReadError, atomic_write, is_image_path, read_image
 from colordiff.latents import LatentCacheDataset, read_index
 from colordiff.pipelines import ColorDiffPipeline, load_pipeline
+from colordiff.pipelines.registry import SD_COMPONENTS, guarded_load
 from colordiff.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,8 @@ def load_base_pipeline(config: TrainConfig) -> ColorDiffPipeline:
     except ValueError as err:
         if "names pipeline" not in str(err):  # a model folder of another pipeline: assume SD1.5 layout
             raise
-    return ColorDiffPipeline.from_stable_diffusion(source, local_files_only=config.local_files_only)
+    return guarded_load(source, lambda: ColorDiffPipeline.from_stable_diffusion(
+        source, local_files_only=config.local_files_only), SD_COMPONENTS, local_files_only=config.local_files_only)
 
 
 def export_pipeline(pipe: ColorDiffPipeline, path: Path) -> None:
@@ -92,6 +95,10 @@ def screened_examples(config: TrainConfig, accelerator: Accelerator) -> list[Exa
     logger.info(message)
     if accelerator.is_main_process:
         accelerator.print(message)
+    if not record["kept"]:
+        source = config.train_file_list or config.train_data_dir
+        raise UsageError(f"{source}: no usable image ({len(items)} listed, {record['gray']} already grayscale, "
+                         f"{len(record['unreadable'])} unreadable)")
     paths = dict((rel, path) for path, rel in items)
     text_of = text_function(config)
     return [Example(paths[rel], rel, text_of(rel)) for rel in record["kept"]]

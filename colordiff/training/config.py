@@ -1,8 +1,28 @@
-"""The settings every training script shares; key names follow diffusers' example scripts where one exists."""
+"""The settings every training script shares; key names follow diffusers' example scripts where one exists.
+
+Each number's range is declared with its field (colordiff/config.py's `setting`) and checked when the recipe is read.
+The keys the task configs add (colordiff/training/unet.py, decoder.py, seada.py) are checked by TASK_RULES, which
+apply to whichever of those keys a schema has.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+
+from colordiff.config import describe_rules, follows_rules, setting
+
+# the ranges of the keys the task configs add, by key
+TASK_RULES: dict[str, dict] = {
+    "conditioning_dropout": {"min": 0, "max": 1},  # a probability
+    "latents_shard_size": {"min": 1},
+    "perceptual_weight": {"min": 0},
+    "stage": {"choices": (0, 1, 2, 3)},
+    "lambda_r": {"min": 0},
+    "lambda_s": {"min": 0},
+    "mapper_channels": {"min": 1},
+    "rca_head_dim": {"min": 1},
+}
 
 
 @dataclass
@@ -11,45 +31,55 @@ class TrainConfig:
     pretrained_model_name_or_path: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # SD1.5, or a ColorDiff model
     local_files_only: bool = False
     output_dir: str = "outputs/train"
-    seed: int = 0
+    seed: int = setting(0, min=0, max=2**32 - 1)  # numpy's seed range (accelerate's set_seed seeds numpy too)
     # data: an ImageNet-style tree or flat folder (train_data_dir), or a file list (train_file_list)
     train_data_dir: str | None = None
     train_file_list: str | None = None
     text_source: str = "classname"  # classname (ImageNet synset folders) | captions | empty
     caption_file: str | None = None  # JSONL caption cache (scripts/caption.py)
     caption_key: str = "caption_gray"
-    resolution: int = 512
+    resolution: int = setting(512, min=8, multiple_of=8)  # crop side in pixels
     center_crop: bool = False
     resize_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # shorter side = resolution x U(low, high)
     random_flip: bool = True
-    min_chroma: float = 3.0  # images whose mean Lab chroma is below this are already gray: dropped
-    max_pixels: int = 100_000_000
-    dataloader_num_workers: int = 0
+    min_chroma: float = setting(3.0, min=0)  # images whose mean Lab chroma is below this are already gray: dropped
+    max_pixels: int = setting(100_000_000, min=1)
+    dataloader_num_workers: int = setting(0, min=0)
     # optimisation
-    train_batch_size: int = 16  # per process
-    max_train_steps: int = 20_000
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-5
+    train_batch_size: int = setting(16, min=1)  # per process
+    max_train_steps: int = setting(20_000, min=1)
+    gradient_accumulation_steps: int = setting(1, min=1)
+    learning_rate: float = setting(5e-5, above=0)
     lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
-    lr_warmup_steps: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
+    lr_warmup_steps: int = setting(0, min=0)
+    adam_beta1: float = setting(0.9, min=0, below=1)
+    adam_beta2: float = setting(0.999, min=0, below=1)
+    adam_weight_decay: float = setting(1e-2, min=0)
+    adam_epsilon: float = setting(1e-8, above=0)
+    max_grad_norm: float = setting(1.0, min=0)  # 0: no clipping
     mixed_precision: str = "no"  # no | fp16 | bf16
     gradient_checkpointing: bool = False
     allow_tf32: bool = True
     use_ema: bool = False
-    ema_decay: float = 0.9999
+    ema_decay: float = setting(0.9999, min=0, max=1)
     # checkpoints: output_dir/checkpoint-<step>, written atomically, the oldest removed beyond the limit
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = None
+    checkpointing_steps: int = setting(500, min=1)
+    checkpoints_total_limit: int | None = setting(None, min=1)  # None: keep them all
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
     # validation: colorize these images through the real pipeline every validation_steps
-    validation_steps: int = 1000
+    validation_steps: int = setting(1000, min=1)
     validation_images: list[str] = field(default_factory=lambda: ["examples/photos"])
-    validation_inference_steps: int = 50
-    validation_guidance_scale: float = 7.5
+    validation_inference_steps: int = setting(50, min=1)
+    validation_guidance_scale: float = setting(7.5, min=0)
     report_to: str = "tensorboard"  # tensorboard | none
     log_sample_indices: bool = False  # write each process's training-sample indices (data-order debugging)
+
+    def config_checks(self):
+        """The checks between values, and the ranges of the task configs' own keys (TASK_RULES)."""
+        low_high = self.resize_range
+        if len(low_high) != 2 or not 1.0 <= low_high[0] <= low_high[1]:
+            yield "resize_range", f"must be [low, high] with 1 <= low <= high, got {list(low_high)}"
+        for spec in dataclasses.fields(self):
+            rules, value = TASK_RULES.get(spec.name), getattr(self, spec.name)
+            if rules and not spec.metadata and value is not None and not follows_rules(value, rules):
+                yield spec.name, f"{describe_rules(rules)}, got {value!r}"

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
@@ -28,8 +29,16 @@ from torch.utils.data import DataLoader, Dataset
 from colordiff.config import to_yaml
 from colordiff.data import EpochShuffleSampler, collate
 from colordiff.devices import accelerator_available
-from colordiff.io import write_image
-from colordiff.training.checkpoint import publish, resolve_resume, rotate_checkpoints, staging_dir
+from colordiff.io import umask_permissions, write_image
+from colordiff.training.checkpoint import (
+    publish,
+    read_log,
+    remove_stale_staging,
+    resolve_resume,
+    rotate_checkpoints,
+    staging_dir,
+    truncate_log,
+)
 from colordiff.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -118,6 +127,7 @@ def train(config: TrainConfig, task: TrainingTask, accelerator: Accelerator) -> 
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         (output / "config.yaml").write_text(to_yaml(config))
+        remove_stale_staging(output)  # checkpoint-<step>.tmp folders of a run stopped while saving
     set_seed(config.seed, device_specific=True)  # noise and dropout differ per process, data order does not
 
     modules = task.trainable()
@@ -147,6 +157,8 @@ def train(config: TrainConfig, task: TrainingTask, accelerator: Accelerator) -> 
         if ema is not None:
             ema.load(resume)
         logger.info("resumed from %s at step %d", resume, global_step)
+        accelerator.print(f"resumed from {resume.name} at step {global_step}")
+    _start_logs(accelerator, config, output, resume, global_step)
     if accelerator.is_main_process and config.report_to != "none":
         accelerator.init_trackers("colordiff", config={k: str(v) for k, v in asdict(config).items()})
 
@@ -202,17 +214,33 @@ def train(config: TrainConfig, task: TrainingTask, accelerator: Accelerator) -> 
         if ema is not None:
             ema.swap()  # export the averaged weights
         task.export({k: accelerator.unwrap_model(m) for k, m in modules.items()}, final)
+        umask_permissions(final)  # safetensors writes 0o600: a shared model folder must be readable by others
         if ema is not None:
             ema.swap()
     accelerator.end_training()
     return final
 
 
+def _start_logs(accelerator: Accelerator, config: TrainConfig, output: Path, resume: Path | None, step: int) -> None:
+    """Keep the logs to one row per step: drop the rows past the step training restarts at (those it replays).
+    Warn when `latest` finds no checkpoint although an earlier run logged steps here: training restarts at 0."""
+    train_log = output / "train_log.jsonl"
+    if accelerator.is_main_process:
+        if resume is None and config.resume_from_checkpoint == "latest":
+            logged = read_log(train_log)
+            if logged:
+                print(f"colordiff: warning: {output} has a train log up to step {max(r['step'] for r in logged)} "
+                      "but no finished checkpoint; starting at step 0", file=sys.stderr)
+        truncate_log(train_log, step)
+    if config.log_sample_indices:  # each process owns its own file
+        truncate_log(output / f"sample_indices.rank{accelerator.process_index}.jsonl", step)
+
+
 def save_checkpoint(accelerator: Accelerator, config: TrainConfig, step: int, ema: EMA | None) -> None:
-    """accelerate's save_state into checkpoint-<step>.tmp, then renamed: a checkpoint is whole or absent."""
+    """accelerate's save_state into checkpoint-<step>.tmp, then renamed: a checkpoint is whole or absent. Only
+    then are the oldest removed beyond `checkpoints_total_limit`: a stop during the write keeps the previous one."""
     staging = staging_dir(config.output_dir, step)
     if accelerator.is_main_process:
-        rotate_checkpoints(config.output_dir, config.checkpoints_total_limit)
         if staging.exists():
             shutil.rmtree(staging)
     accelerator.wait_for_everyone()
@@ -223,7 +251,8 @@ def save_checkpoint(accelerator: Accelerator, config: TrainConfig, step: int, em
             ema.save(staging)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        publish(staging)
+        final = publish(staging)
+        rotate_checkpoints(config.output_dir, config.checkpoints_total_limit, newest=final)
     accelerator.wait_for_everyone()
 
 

@@ -10,7 +10,8 @@ from tqdm.auto import tqdm
 
 from colordiff.data import ColorizationDataset, collate
 from colordiff.devices import DTYPES, mixed_precision_dtype
-from colordiff.latents import encode_moments, shard_name, write_index, write_shard
+from colordiff.io import umask_permissions
+from colordiff.latents import INDEX, encode_moments, shard_name, write_index, write_shard
 from colordiff.training.common import load_base_pipeline, place, screened_examples
 from colordiff.training.loop import make_accelerator
 from colordiff.training.unet import TrainUNetConfig
@@ -37,6 +38,7 @@ def main(config: TrainUNetConfig) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for number in tqdm(mine, desc="latent shards", disable=not accelerator.is_local_main_process):
         if (folder / shard_name(number)).is_file():
+            umask_permissions(folder / shard_name(number))  # one an earlier run wrote with the library's 0o600
             continue  # resumable: a shard is written atomically, so one that exists is whole
         rows = {name: [] for name in ("color_moments", "gray_latents", "color_moments_flipped", "gray_latents_flipped")}
         indices = list(shards[number])
@@ -52,7 +54,8 @@ def main(config: TrainUNetConfig) -> Path:
                 rows[f"color_moments{suffix}"].append(moments.to(storage).cpu())
                 rows[f"gray_latents{suffix}"].append(gray_latents.to(storage).cpu())
         tensors = {name: torch.cat(parts) for name, parts in rows.items() if parts}
-        write_shard(folder, number, tensors, [dataset.examples[i].relative for i in indices])
+        # safetensors writes 0o600: the usual modes, so that a shared cache is readable by others
+        umask_permissions(write_shard(folder, number, tensors, [dataset.examples[i].relative for i in indices]))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         missing = [n for n in range(len(shards)) if not (folder / shard_name(n)).is_file()]
@@ -61,6 +64,7 @@ def main(config: TrainUNetConfig) -> Path:
         write_index(folder, {"shards": [shard_name(n) for n in range(len(shards))], "rows": len(dataset),
                              "resolution": config.resolution, "flipped": config.random_flip,
                              "dtype": config.latents_dtype, "model": config.pretrained_model_name_or_path})
+        umask_permissions(folder / INDEX)
         accelerator.print(f"latent cache: {len(dataset)} images in {len(shards)} shards at {folder}")
     accelerator.end_training()
     return folder

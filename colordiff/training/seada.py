@@ -69,6 +69,7 @@ def load_stage_input(config: TrainSeAdaConfig) -> SeAdaPipeline:
     import transformers
 
     from colordiff.pipelines import load_pipeline, pipeline_class_for
+    from colordiff.pipelines.registry import SD_COMPONENTS, guarded_load
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -86,9 +87,10 @@ def load_stage_input(config: TrainSeAdaConfig) -> SeAdaPipeline:
     if config.stage > 0:
         raise ValueError(f"{source}: not a SeAda model folder; stage {STAGE_NAMES[config.stage]} needs the previous "
                          "stage's output")
-    return SeAdaPipeline.from_stable_diffusion(source, local_files_only=config.local_files_only,
-                                               mapper_channels=config.mapper_channels, use_rca=config.use_rca,
-                                               rca_head_dim=config.rca_head_dim)
+    return guarded_load(source, lambda: SeAdaPipeline.from_stable_diffusion(
+        source, local_files_only=config.local_files_only, mapper_channels=config.mapper_channels,
+        use_rca=config.use_rca, rca_head_dim=config.rca_head_dim), SD_COMPONENTS,
+        local_files_only=config.local_files_only)
 
 
 class ColorCaptions(Dataset):
