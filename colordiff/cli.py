@@ -18,6 +18,7 @@ from colordiff.config import ConfigError, dotlist_value, error_line, is_override
 from colordiff.errors import EXIT_OK, EXIT_USAGE, UsageError
 from colordiff.evaluate import EvalConfig
 from colordiff.init_model import BASE_MODELS
+from colordiff.schedulers import SCHEDULERS
 
 COLORIZE_DEFAULTS, EVAL_DEFAULTS = ColorizeConfig(), EvalConfig()
 
@@ -36,7 +37,10 @@ def _colorize_parser(commands) -> None:
     p.add_argument("-o", "--output-dir", dest="output_dir", help="output folder (required)")
     p.add_argument("--model", help="model folder or hub id (required)")
     p.add_argument("--config", action="append", default=[], help="YAML settings, applied in order (repeatable)")
-    p.add_argument("--steps", type=int, help=f"sampling steps {_default(d.steps)}")
+    p.add_argument("--steps", type=int, help=f"sampling steps (paper 000: DDIM, 50) {_default(d.steps)}")
+    p.add_argument("--scheduler", choices=list(SCHEDULERS),
+                   help="sampler, built from the model's own scheduler config (default: the model folder's, DDIM "
+                   "for the models colordiff writes)")
     p.add_argument("--guidance-scale", dest="guidance_scale", type=float,
                    help=f"classifier-free guidance scale {_default(d.guidance_scale)}")
     p.add_argument("--seed", type=int, help=f"with each file's relative path and sample index, fixes its output "

@@ -22,6 +22,7 @@ from colordiff.devices import DTYPES, accelerator_available
 from colordiff.errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from colordiff.files import remove_stale_temps, scan_folder
 from colordiff.io import IMAGE_SUFFIXES, output_suffix
+from colordiff.schedulers import SCHEDULERS, make_scheduler
 
 SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -33,7 +34,9 @@ class ColorizeConfig:
     model: str = "???"  # a model folder or hub id (required)
     output_dir: str = "???"  # required
     inputs: list[str] = field(default_factory=list)
-    steps: int = field(default=50, metadata={"min": 1})  # DDIM steps (paper 000: T = 50)
+    steps: int = field(default=50, metadata={"min": 1})  # sampling steps (paper 000: DDIM, T = 50)
+    # a name of colordiff/schedulers.py's SCHEDULERS (ddim, dpmpp_2m, unipc, lcm, ...); None: the model folder's own
+    scheduler: str | None = field(default=None, metadata={"choices": tuple(SCHEDULERS)})
     guidance_scale: float = field(default=7.5, metadata={"min": 0})
     seed: int = 0  # with the file's relative path and the sample index, fixes each output
     num_samples: int = field(default=1, metadata={"min": 1})
@@ -116,6 +119,8 @@ def load_model(config: ColorizeConfig, device: torch.device, dtype: torch.dtype)
     except (OSError, ValueError, TypeError) as err:
         raise UsageError(f"cannot load model {config.model}: {error_line(err)}") from None
     pipe.set_progress_bar_config(disable=True)
+    if config.scheduler is not None:  # built from the folder's own config: the training schedule is kept
+        pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
     return pipe.to(device)
 
 

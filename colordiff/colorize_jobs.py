@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from colordiff import claims
 from colordiff.config import error_line
 from colordiff.io import ImageReadError, atomic_write, read_image, write_image
+from colordiff.schedulers import scheduler_name
 
 READERS = 4  # files decoded in parallel (decoding releases the GIL)
 
@@ -201,7 +202,7 @@ def _run_batch(pipe, prepared: list[Prepared], config, kinds, tally: Tally) -> N
                 alpha = item.alpha if path.suffix.lower() not in (".jpg", ".jpeg") else None
                 write_image(path, np.asarray(image), alpha=alpha)
             if config.save_priors:
-                _write_priors(item.job, priors[index * n] if priors else None, config)
+                _write_priors(item.job, priors[index * n] if priors else None, config, scheduler_name(pipe.scheduler))
             tally.done += 1
         except (OSError, ValueError) as err:
             report(f"{item.job.source}: cannot write output: {error_line(err)}")
@@ -237,12 +238,14 @@ def _with_file_captions(file_priors, jobs: list[Job], captions_path: str) -> lis
             for p, job in zip(file_priors, jobs, strict=True)]
 
 
-def _write_priors(job: Job, priors, config) -> None:
-    """The JSON sidecar of one input, written atomically: the priors used (masks as run lengths) and the prompt."""
+def _write_priors(job: Job, priors, config, scheduler: str) -> None:
+    """The JSON sidecar of one input, written atomically: the priors used (masks as run lengths), the prompt and
+    the sampler that used them."""
     from colordiff.semantics import ImagePriors
 
     data = (priors or ImagePriors(extra={"prompt": config.prompt or ""})).to_dict()
-    data.update(source=job.relative.as_posix(), seg_strength=config.seg_strength)
+    data.update(source=job.relative.as_posix(), seg_strength=config.seg_strength, scheduler=scheduler,
+                steps=config.steps, guidance_scale=config.guidance_scale)
     with atomic_write(job.priors_path) as tmp:
         tmp.write_text(json.dumps(data))
 

@@ -1,23 +1,27 @@
 """Samplers as pure functions of (model, latents, timesteps, conditions).
 
-ColorDiff's conditional diffusion model (paper 000, Eq.3): z_{t-1} = CDM(z_t, t, z_c, c_t), run with DDIM and
-classifier-free guidance on the text. The grayscale latent z_c is kept in both guidance branches: only the text is
-dropped for the unconditional branch, as in training (conditioning dropout replaces the prompt with "").
+ColorDiff's conditional diffusion model (paper 000, Eq.3): z_{t-1} = CDM(z_t, t, z_c, c_t), run with any diffusers
+scheduler (DDIM by default, as in the paper) and classifier-free guidance on the text. The grayscale latent z_c is
+kept in both guidance branches: only the text is dropped for the unconditional branch, as in training
+(conditioning dropout replaces the prompt with "").
 
-Segmentation guidance (Eq.4-5): during the first steps each instance i also predicts z^i_{t-1} from the masked
-condition z_c * M^i and its label L^i, and the step's latent becomes the mask-weighted composite of the image's own
-prediction and its instances' (see `segmentation_composite` for the correction to Eq.5 as printed).
+Segmentation guidance (Eq.4-5): during the first steps each instance i also predicts its noise from its image's z_t,
+the masked condition z_c * M^i and its label L^i; the image's noise prediction becomes the mask-weighted composite
+of its own and its instances' (see `segmentation_composite`), and the scheduler takes one step. A DDIM step (eta 0)
+is affine in the noise for a fixed z_t, so this equals the paper's composite of the z_{t-1} predictions; for other
+schedulers it keeps one consistent solver history per image.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, SchedulerMixin
+from diffusers import SchedulerMixin
 
 
 def initial_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
@@ -29,6 +33,27 @@ def initial_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...],
     return torch.stack(noise).to(device=device, dtype=dtype)  # (B, 4, h, w)
 
 
+def guidance_embedding(guidance_scale: torch.Tensor, dim: int) -> torch.Tensor:
+    """The guidance scale as a distilled (LCM) U-Net's `timestep_cond`: sinusoidal features (B, dim) of w = scale - 1,
+    as diffusers' LatentConsistencyModelPipeline embeds it (its student was trained against eps_u + scale (eps_c -
+    eps_u), i.e. eps_c + w (eps_c - eps_u))."""
+    w = (guidance_scale.float() - 1.0) * 1000.0  # (B,)
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * -(math.log(10000.0) / (half - 1)))
+    emb = w[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 == 1 else emb  # (B, dim)
+
+
+def guidance_condition(unet, guidance_scale: float, batch: int, device, dtype) -> torch.Tensor | None:
+    """`timestep_cond` (B, d) for a U-Net distilled with the guidance scale as input (its config's
+    time_cond_proj_dim set), else None."""
+    dim = getattr(unet.config, "time_cond_proj_dim", None)
+    if dim is None:
+        return None
+    return guidance_embedding(torch.full((batch,), float(guidance_scale)), dim).to(device=device, dtype=dtype)
+
+
 def guided_noise_prediction(
     unet: Callable,
     latents: torch.Tensor,
@@ -37,25 +62,30 @@ def guided_noise_prediction(
     text_embeds: torch.Tensor,
     uncond_embeds: torch.Tensor | None,
     guidance_scale: float,
+    timestep_cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """eps = eps_u + w (eps_c - eps_u) from ONE batched U-Net call; z_c is the same in both branches.
 
     `uncond_embeds=None` means no guidance (a single branch), e.g. when every prompt is empty and both branches
-    would be identical.
+    would be identical, or for a distilled U-Net that takes the guidance scale as `timestep_cond` (B, d).
     """
+    extra = {} if timestep_cond is None else {"timestep_cond": timestep_cond}
     if uncond_embeds is None:
-        return unet(latents, timestep, text_embeds, condition_latents=condition_latents).sample
+        return unet(latents, timestep, text_embeds, condition_latents=condition_latents, **extra).sample
+    if timestep_cond is not None:
+        extra = {"timestep_cond": torch.cat([timestep_cond, timestep_cond])}
     eps = unet(
         torch.cat([latents, latents]),  # (2B, 4, h, w)
         timestep,
         torch.cat([uncond_embeds, text_embeds]),  # (2B, L, d)
         condition_latents=torch.cat([condition_latents, condition_latents]),
+        **extra,
     ).sample
     eps_uncond, eps_text = eps.chunk(2)
     return eps_uncond + guidance_scale * (eps_text - eps_uncond)
 
 
-def ddim_sample(
+def sample(
     unet: Callable,
     scheduler: SchedulerMixin,
     noise: torch.Tensor,
@@ -64,28 +94,40 @@ def ddim_sample(
     uncond_embeds: torch.Tensor | None,
     num_inference_steps: int = 50,
     guidance_scale: float = 7.5,
-    eta: float = 0.0,
+    generators: Sequence[torch.Generator] | None = None,
+    eta: float | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     segmentation: SegmentationGuidance | None = None,
+    timestep_cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run DDIM from `noise` (B, 4, h, w) to z_0 (Eq.3 at every step); returns the clean latents (B, 4, h, w).
+    """Run `scheduler`'s sampler from `noise` (B, 4, h, w) to z_0 (Eq.3 at every step); returns (B, 4, h, w).
 
-    `scheduler` only supplies the configuration: a private DDIMScheduler is built from it, so the caller's object is
-    never mutated and the function stays pure. With eta = 0 the trajectory is deterministic given the noise.
-    With `segmentation`, the first `guided_step_count(num_inference_steps, strength)` steps are Eq.4-5 steps.
+    The scheduler is copied (`from_config`), so the caller's object is never mutated and the function stays pure; the
+    copy's own set_timesteps / init_noise_sigma / scale_model_input / step drive the loop. Schedulers whose step
+    draws noise (DDPM, Euler a, LCM, TCD, DDIM with eta > 0) draw it from `generators`, one per image, so a result
+    depends only on its image's seed. `eta` goes to schedulers that take one (None: the scheduler's default; DDIM's
+    is 0, deterministic). With `segmentation`, the first `guided_step_count(steps, strength)` steps are Eq.4-5 steps.
     """
-    ddim = DDIMScheduler.from_config(scheduler.config)
-    ddim.set_timesteps(num_inference_steps, device=noise.device)
-    latents = noise * ddim.init_noise_sigma
-    guided = 0 if segmentation is None else guided_step_count(num_inference_steps, segmentation.strength)
-    for step, t in enumerate(ddim.timesteps):
+    solver = type(scheduler).from_config(scheduler.config)
+    solver.set_timesteps(num_inference_steps, device=noise.device)
+    accepted = inspect.signature(solver.step).parameters
+    step_kwargs = {}
+    if eta is not None and "eta" in accepted:
+        step_kwargs["eta"] = eta
+    if generators is not None and "generator" in accepted:
+        step_kwargs["generator"] = list(generators)
+    latents = noise * solver.init_noise_sigma
+    timesteps = solver.timesteps
+    guided = 0 if segmentation is None else guided_step_count(len(timesteps), segmentation.strength)
+    for step, t in enumerate(timesteps):
+        model_input = solver.scale_model_input(latents, t)
         if step < guided and len(segmentation.owners) > 0:
-            latents = segmentation_guided_step(unet, ddim, t, latents, condition_latents, text_embeds, uncond_embeds,
-                                               guidance_scale, segmentation, eta)
+            eps = segmentation_noise_prediction(unet, t, model_input, condition_latents, text_embeds, uncond_embeds,
+                                                guidance_scale, segmentation, timestep_cond)
         else:
-            eps = guided_noise_prediction(unet, latents, t, condition_latents, text_embeds, uncond_embeds,
-                                          guidance_scale)
-            latents = ddim.step(eps, t, latents, eta=eta).prev_sample
+            eps = guided_noise_prediction(unet, model_input, t, condition_latents, text_embeds, uncond_embeds,
+                                          guidance_scale, timestep_cond)
+        latents = solver.step(eps, t, latents, **step_kwargs).prev_sample
         if on_step is not None:
             on_step(step, latents)
     return latents
@@ -140,7 +182,8 @@ def segmentation_composite(
     latents: torch.Tensor, instance_latents: torch.Tensor, masks: torch.Tensor, owners: torch.Tensor,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Eq.5, corrected: z_hat = z (1 - M_any) + M_any * sum_i z^i M^i / max(sum_i M^i, eps), per image.
+    """Eq.5, corrected: z_hat = z (1 - M_any) + M_any * sum_i z^i M^i / max(sum_i M^i, eps), per image; applied to
+    the noise predictions (see the module docstring), z stands for either.
 
     As printed, Eq.5 sums k full latents [z (1 - M^i) + z^i M^i], which scales z by k outside the masks. The intended
     blend keeps the image's own z_{t-1} outside every mask, takes z^i_{t-1} inside instance i's mask, and averages the
@@ -156,9 +199,8 @@ def segmentation_composite(
     return latents * (1 - union) + union * weighted / coverage.clamp_min(eps)
 
 
-def segmentation_guided_step(
+def segmentation_noise_prediction(
     unet: Callable,
-    ddim: DDIMScheduler,
     t: torch.Tensor,
     latents: torch.Tensor,
     condition_latents: torch.Tensor,
@@ -166,9 +208,10 @@ def segmentation_guided_step(
     uncond_embeds: torch.Tensor | None,
     guidance_scale: float,
     segmentation: SegmentationGuidance,
-    eta: float = 0.0,
+    timestep_cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One Eq.4-5 step: the images and all their instances, both CFG branches, in ONE U-Net call; -> (B, 4, h, w).
+    """Eq.4-5 in noise space: the images and all their instances, both CFG branches, in ONE U-Net call, composited
+    per image into one noise prediction (B, 4, h, w) for the scheduler's step.
 
     Instance i starts from its image's z_t, sees the masked condition z_c * M^i and its label's embedding (Eq.4).
     Where only one side has CFG, the other side's text stands in for its missing unconditional branch: identical
@@ -183,7 +226,7 @@ def segmentation_guided_step(
         uncond = torch.cat([text_embeds if uncond_embeds is None else uncond_embeds,
                             segmentation.text_embeds if segmentation.uncond_embeds is None
                             else segmentation.uncond_embeds])
-    eps = guided_noise_prediction(unet, z, t, z_c, text, uncond, guidance_scale)  # 2 (B + K) rows, one call
-    z_prev = ddim.step(eps, t, z, eta=eta).prev_sample  # (B + K, 4, h, w)
+    cond = None if timestep_cond is None else torch.cat([timestep_cond, timestep_cond[owners]])
+    eps = guided_noise_prediction(unet, z, t, z_c, text, uncond, guidance_scale, cond)  # 2 (B + K) rows, one call
     batch = latents.shape[0]
-    return segmentation_composite(z_prev[:batch], z_prev[batch:], masks.to(z_prev.dtype), owners)
+    return segmentation_composite(eps[:batch], eps[batch:], masks.to(eps.dtype), owners)

@@ -10,6 +10,11 @@ JSON object (the run with the worst ratio at top level, every run under "runs").
 `mode=train` measures training steps (images/s, peak memory): the U-Net step (with precomputed latents and with the
 VAE on the fly) and the decoder step next to plain diffusers fine-tune steps (colordiff/training/bench.py);
 `mode=seada` times SeAda against diffusers' ControlNet pipeline and training step (colordiff/training/seada_bench.py).
+`mode=samplers` times and scores every sampler (DDIM 50 / 20, DPM-Solver++ 20 / 10, UniPC 10, the LCM-distilled
+model at 4 / 2 steps) on a trained model's held-out photos, the miniature's by default (colordiff/mini/samplers.py):
+
+    python scripts/benchmark.py --config configs/benchmark/samplers.yaml
+
 `mode=guidance` measures segmentation guidance (Eq.4-5) instead: seconds per image with 0, 1, 3 and 8 instances at
 s = 0.3, next to the U-Net FLOP ratio those counts imply, and the prior generators' images per second.
 
@@ -34,6 +39,7 @@ from PIL import Image
 
 from colordiff.config import load_config
 from colordiff.devices import DTYPES, synchronize
+from colordiff.mini.samplers import SamplersConfig, run_samplers
 from colordiff.pipelines import ColorDiffPipeline
 from colordiff.sampling import guided_step_count
 from colordiff.semantics import ImagePriors, Instances
@@ -61,6 +67,7 @@ class BenchmarkConfig:
     instance_counts: list[int] = field(default_factory=lambda: [0, 1, 3, 8])  # mode=guidance
     seg_strength: float = 0.3  # mode=guidance
     prior_images: int = 8  # mode=guidance: images per timed call of each prior generator
+    samplers: SamplersConfig = field(default_factory=SamplersConfig)  # mode=samplers: model, photos, runs
 
 
 def _time_interleaved(fns, device, warmup: int, repeats: int) -> list[float]:
@@ -199,6 +206,8 @@ def run(config: BenchmarkConfig) -> dict:
              "torch": torch.__version__, "config": asdict(config)}
     if config.mode == "guidance":
         return {**run_guidance(config, device, dtype), **about}
+    if config.mode == "samplers":
+        return {**run_samplers(config.samplers, device, dtype), **about}
     if config.mode == "train":
         from colordiff.training.bench import run_training_benchmark
 
@@ -213,7 +222,7 @@ def run(config: BenchmarkConfig) -> dict:
                                  warmup=config.warmup, repeats=config.repeats)
         return {**run_seada(seada), **about}
     if config.mode != "pipelines":
-        raise ValueError(f"mode must be pipelines, guidance, train or seada; got {config.mode!r}")
+        raise ValueError(f"mode must be pipelines, guidance, train, seada or samplers; got {config.mode!r}")
     ours, baseline = build(config, device, dtype)
     runs = [measure(ours, baseline, config, batch, device) for batch in config.batch_sizes]
     worst = max(runs, key=lambda r: r["ratio"])

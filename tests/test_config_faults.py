@@ -129,10 +129,12 @@ def test_values_at_the_edges_are_accepted():
 # -- numbers out of range: training, evaluation, priors -----------------------------------------------------------
 def _schemas():
     from colordiff.training.decoder import TrainDecoderConfig
+    from colordiff.training.distill import DistillConfig
     from colordiff.training.seada import TrainSeAdaConfig
     from colordiff.training.unet import TrainUNetConfig
 
-    return {"unet": TrainUNetConfig, "decoder": TrainDecoderConfig, "seada": TrainSeAdaConfig}
+    return {"unet": TrainUNetConfig, "decoder": TrainDecoderConfig, "seada": TrainSeAdaConfig,
+            "distill": DistillConfig}
 
 
 @pytest.mark.parametrize("schema, override, message", [
@@ -244,6 +246,8 @@ def test_every_shipped_config_still_loads():
             load_config(PriorsConfig, [path])
         elif relative.startswith("eval/"):
             load_config(EvalSetConfig, [path], ["prepared_dir=p"])
+        elif "distill" in path.name:
+            load_config(schemas["distill"], [path])
         elif "stage" in path.name or relative.startswith("seada/"):  # the stages and their ablations
             load_config(schemas["seada"], [path])
         else:

@@ -9,12 +9,12 @@ from colordiff.models import ConcatUNet2DConditionModel
 from colordiff.pipelines import ColorDiffPipeline
 from colordiff.sampling import (
     SegmentationGuidance,
-    ddim_sample,
     guided_noise_prediction,
     guided_step_count,
     masks_to_latent_grid,
+    sample,
     segmentation_composite,
-    segmentation_guided_step,
+    segmentation_noise_prediction,
 )
 from colordiff.semantics import ImagePriors, Instances
 from colordiff.testing import tiny_colordiff_pipeline, tiny_stable_diffusion
@@ -108,7 +108,7 @@ def test_sampler_guides_the_first_steps_with_one_batched_call_each(sd, unet):
     text, uncond = _encode(sd, ["a photo", "a street"]), _encode(sd, ["", ""])
     counting = CountingUNet(unet)
     with torch.no_grad():
-        ddim_sample(counting, sd.scheduler, noise, z_c, text, uncond, num_inference_steps=5, guidance_scale=5.0,
+        sample(counting, sd.scheduler, noise, z_c, text, uncond, num_inference_steps=5, guidance_scale=5.0,
                     segmentation=_guidance(sd, strength=0.3))
     # ceil(5 * 0.3) = 2 guided steps, each ONE call with both CFG branches of 2 images + 3 instances
     assert counting.batches == [2 * (2 + 3)] * 2 + [2 * 2] * 3
@@ -117,8 +117,8 @@ def test_sampler_guides_the_first_steps_with_one_batched_call_each(sd, unet):
 def test_zero_strength_is_exactly_the_unguided_sampler(sd, unet):
     noise, z_c = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     text, uncond = _encode(sd, ["a photo", "a street"]), _encode(sd, ["", ""])
-    run = lambda seg: ddim_sample(unet, sd.scheduler, noise, z_c, text, uncond, num_inference_steps=4,  # noqa: E731
-                                  guidance_scale=5.0, segmentation=seg)
+    run = lambda seg: sample(unet, sd.scheduler, noise, z_c, text, uncond, num_inference_steps=4,  # noqa: E731
+                             guidance_scale=5.0, segmentation=seg)
     with torch.no_grad():
         plain, off, on = run(None), run(_guidance(sd, strength=0.0)), run(_guidance(sd, strength=0.5))
     assert torch.equal(off, plain)
@@ -127,7 +127,8 @@ def test_zero_strength_is_exactly_the_unguided_sampler(sd, unet):
 
 @pytest.mark.parametrize("cfg", [True, False])
 def test_batched_step_equals_looped_calls(sd, unet, cfg):
-    """The one-call step equals Eq.4 evaluated instance by instance and branch by branch, then composited."""
+    """The one-call noise composite, stepped once, equals Eq.4 evaluated instance by instance and branch by branch,
+    each stepped, then composited as latents (Eq.5): a DDIM step is affine in the noise for a fixed z_t."""
     gen = torch.Generator().manual_seed(1)
     z, z_c = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
     text = _encode(sd, ["a photo", "a street"])
@@ -143,14 +144,33 @@ def test_batched_step_equals_looped_calls(sd, unet, cfg):
         return ddim.step(eps, t, latent[None]).prev_sample[0]
 
     with torch.no_grad():
-        batched = segmentation_guided_step(unet, ddim, t, z, z_c, text, uncond, 6.0, seg)
+        eps = segmentation_noise_prediction(unet, t, z, z_c, text, uncond, 6.0, seg)
+        batched = ddim.step(eps, t, z).prev_sample
         base = torch.stack([one(z[b], z_c[b], text[b], None if uncond is None else uncond[b]) for b in range(2)])
         inst = torch.stack([one(z[o], z_c[o] * seg.masks[i], seg.text_embeds[i],
                                 None if seg.uncond_embeds is None else seg.uncond_embeds[i])
                             for i, o in enumerate(seg.owners.tolist())])  # Eq.4, one instance at a time
     looped = segmentation_composite(base, inst, seg.masks, seg.owners)
-    torch.testing.assert_close(batched, looped, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched, looped, rtol=1e-4, atol=1e-5)  # batched vs single-row U-Net calls
     assert (batched - base).abs().max() > 1e-3
+
+
+def test_noise_space_composite_equals_the_latent_composite_for_ddim():
+    """Eq.5 on the noise predictions, stepped once, equals Eq.5 on each prediction's own DDIM step (eta 0): the
+    step is z_t-affine in eps, and every instance starts from its image's z_t."""
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 4, 8, 8, generator=gen)
+    eps, eps_i = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    masks = (torch.rand(3, 1, 8, 8, generator=gen) > 0.4).float()
+    owners = torch.tensor([0, 0, 1])
+    ddim = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                         set_alpha_to_one=False)
+    ddim.set_timesteps(50)
+    for t in ddim.timesteps[:15]:
+        once = ddim.step(segmentation_composite(eps, eps_i, masks, owners), t, z).prev_sample
+        each = segmentation_composite(ddim.step(eps, t, z).prev_sample, ddim.step(eps_i, t, z[owners]).prev_sample,
+                                      masks, owners)
+        torch.testing.assert_close(once, each, rtol=0, atol=1e-6)
 
 
 def test_masks_to_latent_grid_keeps_thin_objects():

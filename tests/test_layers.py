@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pixels, settings, models, sampling", (
         "colordiff", "colordiff.color", "colordiff.files", "colordiff.io", "colordiff.config", "colordiff.devices",
         "colordiff.errors", "colordiff.resources", "colordiff.models", "colordiff.sampling", "colordiff.claims",
+        "colordiff.schedulers",
     )),
     ("semantics, pipelines, data, metrics", (
         "colordiff.semantics", "colordiff.pipelines", "colordiff.data", "colordiff.latents", "colordiff.metrics",

@@ -4,7 +4,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from colordiff.models import ConcatUNet2DConditionModel
-from colordiff.sampling import ddim_sample, guided_noise_prediction, initial_noise
+from colordiff.sampling import guided_noise_prediction, initial_noise, sample
 from colordiff.testing import tiny_stable_diffusion
 
 
@@ -14,7 +14,7 @@ def _encode(sd, prompts):
     return sd.text_encoder(ids)[0]
 
 
-def test_ddim_sample_equals_stable_diffusion_pipeline_for_untrained_colordiff():
+def test_sample_equals_stable_diffusion_pipeline_for_untrained_colordiff():
     """An untrained ColorDiff U-Net is SD's; our sampler must then reproduce diffusers' SD loop (same noise)."""
     sd = tiny_stable_diffusion()
     sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
@@ -25,7 +25,7 @@ def test_ddim_sample_equals_stable_diffusion_pipeline_for_untrained_colordiff():
         reference = sd(prompt=prompts, latents=noise.clone(), num_inference_steps=5, guidance_scale=6.0,
                        negative_prompt=["", ""], output_type="latent").images
         unet = ConcatUNet2DConditionModel.from_unet(sd.unet).eval()
-        ours = ddim_sample(unet, sd.scheduler, noise, torch.randn(2, 4, 8, 8), _encode(sd, prompts),
+        ours = sample(unet, sd.scheduler, noise, torch.randn(2, 4, 8, 8), _encode(sd, prompts),
                            _encode(sd, ["", ""]), num_inference_steps=5, guidance_scale=6.0)
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
     assert (ours - noise).abs().mean() > 0.01  # it really denoised
@@ -47,7 +47,7 @@ def test_guidance_is_cfg_formula_with_condition_in_both_branches():
     torch.testing.assert_close(unguided, eps_c, rtol=0, atol=1e-6)
 
 
-def test_ddim_sample_leaves_callers_scheduler_untouched_and_is_deterministic():
+def test_sample_leaves_callers_scheduler_untouched_and_is_deterministic():
     sd = tiny_stable_diffusion()
     unet = ConcatUNet2DConditionModel.from_unet(sd.unet).eval()
     scheduler = DDIMScheduler.from_config(sd.scheduler.config)
@@ -55,9 +55,9 @@ def test_ddim_sample_leaves_callers_scheduler_untouched_and_is_deterministic():
     noise, z_c, text = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), _encode(sd, ["x"])
     steps = []
     with torch.no_grad():
-        a = ddim_sample(unet, scheduler, noise, z_c, text, None, num_inference_steps=3,
+        a = sample(unet, scheduler, noise, z_c, text, None, num_inference_steps=3,
                         on_step=lambda i, z: steps.append(i))
-        b = ddim_sample(unet, scheduler, noise, z_c, text, None, num_inference_steps=3)
+        b = sample(unet, scheduler, noise, z_c, text, None, num_inference_steps=3)
     assert torch.equal(scheduler.timesteps, before)
     assert torch.equal(a, b) and steps == [0, 1, 2]
 

@@ -18,12 +18,14 @@ class ConcatUNet2DConditionModel(UNet2DConditionModel):
     The 1x1 `condition_fuse` conv maps `in_channels + condition_channels` -> `in_channels`. Its identity-on-z_t,
     zero-on-z_c initialisation (`init_condition_fuse`) makes an untrained model exactly SD's U-Net, so fine-tuning
     starts from the text-to-image prior. Everything else (attention processors, gradient checkpointing, ControlNet
-    residuals, `from_pretrained`) is the diffusers U-Net's.
+    residuals, `from_pretrained`) is the diffusers U-Net's. `prediction_type` records what training taught the model
+    to predict (a scheduler's `prediction_type`: "epsilon", as both papers, or "v_prediction"); folders saved before
+    the key existed load as "epsilon".
     """
 
-    def __init__(self, *args, condition_channels: int = 4, **kwargs):
+    def __init__(self, *args, condition_channels: int = 4, prediction_type: str = "epsilon", **kwargs):
         super().__init__(*args, **kwargs)
-        self.register_to_config(condition_channels=condition_channels)
+        self.register_to_config(condition_channels=condition_channels, prediction_type=prediction_type)
         latent_channels = self.config.in_channels
         self.condition_fuse = nn.Conv2d(latent_channels + condition_channels, latent_channels, kernel_size=1)
         self.init_condition_fuse()
@@ -61,4 +63,4 @@ class ConcatUNet2DConditionModel(UNet2DConditionModel):
         return super().forward(fused, timestep, encoder_hidden_states, *args, **kwargs)
 
 
-extend_init_signature(ConcatUNet2DConditionModel, UNet2DConditionModel, condition_channels=4)
+extend_init_signature(ConcatUNet2DConditionModel, UNet2DConditionModel, condition_channels=4, prediction_type="epsilon")

@@ -103,14 +103,18 @@ def rca_sources(unet_config) -> list[int]:
 
 
 class SeAdaControlModel(ModelMixin, ConfigMixin):
-    """Mapper + ControlNet + RCA; `forward` runs SD's (frozen, unmodified) U-Net under their control."""
+    """Mapper + ControlNet + RCA; `forward` runs SD's (frozen, unmodified) U-Net under their control.
+
+    `prediction_type` records what training taught the controlled model to predict (a scheduler's `prediction_type`:
+    "epsilon", as the paper, or "v_prediction"); folders saved before the key existed load as "epsilon".
+    """
 
     _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(self, controlnet_config: dict | None = None, unet_config: dict | None = None,
                  mapper_channels: int = 4, mapper_hidden: tuple[int, ...] = (16, 32, 96), use_rca: bool = True,
-                 rca_head_dim: int = 64):
+                 rca_head_dim: int = 64, prediction_type: str = "epsilon"):
         super().__init__()
         controlnet_config = dict(controlnet_config or {})
         controlnet_config["in_channels"] = controlnet_config.get("in_channels", 4)

@@ -19,7 +19,15 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from colordiff.models import ConcatUNet2DConditionModel, LuminanceAwareAutoencoderKL
 from colordiff.pipelines.images import ImageInput, Luminance, finish_image, luminance_of, working_gray, working_size
 from colordiff.pipelines.recorded_priors import RecordsPriorGenerators
-from colordiff.sampling import SegmentationGuidance, ddim_sample, guided_step_count, initial_noise, masks_to_latent_grid
+from colordiff.sampling import (
+    SegmentationGuidance,
+    guidance_condition,
+    guided_step_count,
+    initial_noise,
+    masks_to_latent_grid,
+    sample,
+)
+from colordiff.schedulers import check_prediction_type
 from colordiff.semantics.config import PriorsConfig
 from colordiff.semantics.generators import PriorGenerators, resolve_prior_kinds
 from colordiff.semantics.priors import ImagePriors, Instances, compose_prompt
@@ -223,7 +231,10 @@ class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
         text_embeds = self.encode_prompt(prompts)  # (B, L, d)
         # with every prompt (and instance label) equal to the negative prompt both CFG branches are identical:
         # skip one (exact)
-        use_cfg = guidance != 1.0 and any(p != negative_prompt for p in [*prompts, *labels])
+        # a distilled (LCM) U-Net takes the guidance scale as an input instead of a second branch
+        timestep_cond = guidance_condition(self.unet, guidance, len(prompts), device, dtype)
+        use_cfg = (timestep_cond is None and guidance != 1.0
+                   and any(p != negative_prompt for p in [*prompts, *labels]))
         uncond = self.encode_prompt([negative_prompt]).to(dtype) if use_cfg else None  # (1, L, d)
         guidance_inputs = None
         if segmentation:
@@ -233,12 +244,14 @@ class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
                 masks.to(dtype), owners, label_embeds, None if uncond is None else uncond.expand_as(label_embeds),
                 seg_strength)
 
+        check_prediction_type(self.unet, self.scheduler)
         noise = initial_noise(generators, tuple(condition_latents.shape[1:]), device, dtype)
         with self.progress_bar(total=steps) as bar:
-            latents = ddim_sample(
+            latents = sample(
                 self.unet, self.scheduler, noise, condition_latents.to(dtype), text_embeds.to(dtype),
                 None if uncond is None else uncond.expand_as(text_embeds), num_inference_steps=steps,
-                guidance_scale=guidance, on_step=lambda step, z: bar.update(), segmentation=guidance_inputs,
+                guidance_scale=guidance, generators=generators, on_step=lambda step, z: bar.update(),
+                segmentation=guidance_inputs, timestep_cond=timestep_cond,
             )
         return self.decode(latents, features)  # (B, 3, h, w)
 

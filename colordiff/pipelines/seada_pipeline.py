@@ -25,7 +25,8 @@ from colordiff.pipelines.colordiff_pipeline import (
 )
 from colordiff.pipelines.images import ImageInput, Luminance, finish_image, luminance_of, working_gray, working_size
 from colordiff.pipelines.recorded_priors import RecordsPriorGenerators
-from colordiff.sampling import ddim_sample, initial_noise
+from colordiff.sampling import initial_noise, sample
+from colordiff.schedulers import check_prediction_type
 from colordiff.semantics.generators import PriorGenerators, resolve_prior_kinds
 from colordiff.semantics.priors import ImagePriors
 
@@ -166,12 +167,13 @@ class SeAdaPipeline(RecordsPriorGenerators, DiffusionPipeline):
         use_cfg = guidance != 1.0 and any(c != negative_prompt for c in captions)  # else both branches are equal
         uncond = self.encode_captions([negative_prompt]).to(dtype).expand_as(text_embeds) if use_cfg else None
         latent_shape = (self.unet.config.in_channels, size[0] // self._vae_factor, size[1] // self._vae_factor)
+        check_prediction_type(self.control, self.scheduler)
         noise = initial_noise(generators, latent_shape, device, dtype)  # (B, 4, h/8, w/8)
         denoiser = ControlledDenoiser(self.control, self.unet)
         with self.progress_bar(total=steps) as bar:
-            latents = ddim_sample(denoiser, self.scheduler, noise, gray.to(dtype), text_embeds, uncond,
-                                  num_inference_steps=steps, guidance_scale=guidance,
-                                  on_step=lambda step, z: bar.update())
+            latents = sample(denoiser, self.scheduler, noise, gray.to(dtype), text_embeds, uncond,
+                             num_inference_steps=steps, guidance_scale=guidance, generators=generators,
+                             on_step=lambda step, z: bar.update())
         decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0)  # (B, 3, h, w)
 

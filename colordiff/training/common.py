@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from diffusers import DDPMScheduler, SchedulerMixin
 from PIL import Image
 
 from colordiff.color import rgb_to_gray
@@ -19,7 +20,7 @@ from colordiff.io import ImageReadError, atomic_write, is_image_path, read_image
 from colordiff.latents import LatentCacheDataset, read_index
 from colordiff.pipelines import ColorDiffPipeline, load_pipeline
 from colordiff.pipelines.registry import SD_COMPONENTS, guarded_load
-from colordiff.training.config import TrainConfig
+from colordiff.training.config import NoiseScheduleConfig, TrainConfig, schedule_settings
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,15 @@ def load_base_pipeline(config: TrainConfig) -> ColorDiffPipeline:
             raise
     return guarded_load(source, lambda: ColorDiffPipeline.from_stable_diffusion(
         source, local_files_only=config.local_files_only), SD_COMPONENTS, local_files_only=config.local_files_only)
+
+
+def noise_schedulers(config: NoiseScheduleConfig, scheduler: SchedulerMixin) -> tuple[DDPMScheduler, SchedulerMixin]:
+    """The training scheduler (DDPM) and the sampler for validation and the exported folder (the model's own scheduler
+    class, DDIM), both from the model's scheduler config with the noise schedule settings: inference samples on the
+    schedule, and for the prediction type, that training used."""
+    settings = schedule_settings(config)
+    return (DDPMScheduler.from_config(scheduler.config, **settings),
+            type(scheduler).from_config(scheduler.config, **settings))
 
 
 def export_pipeline(pipe: ColorDiffPipeline, path: Path) -> None:

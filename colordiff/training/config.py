@@ -2,7 +2,7 @@
 
 Each number's range is declared with its field (colordiff/config.py's `setting`) and checked when the recipe is read.
 The keys the task configs add (colordiff/training/unet.py, decoder.py, seada.py) are checked by TASK_RULES, which
-apply to whichever of those keys a schema has.
+apply to whichever of those keys a schema has. The diffusion tasks (U-Net, SeAda) add NoiseScheduleConfig's keys.
 """
 
 from __future__ import annotations
@@ -23,6 +23,31 @@ TASK_RULES: dict[str, dict] = {
     "mapper_channels": {"min": 1},
     "rca_head_dim": {"min": 1},
 }
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+@dataclass
+class NoiseScheduleConfig:
+    """The noise schedule a diffusion task trains on (mixed into its config; docs/training.md, "Zero terminal SNR").
+
+    The defaults are both papers': the base model's schedule (SD1.5's) and the eps target. zero_terminal_snr rescales
+    the betas so that the last training step is pure noise (Lin et al. 2023); it needs the v target, since eps at
+    SNR 0 says nothing about the image. Both are written into the exported scheduler config (with "trailing" timestep
+    spacing, so sampling starts at that last step) and the prediction type into the trained network's config.
+    """
+
+    zero_terminal_snr: bool = False
+    prediction_type: str = setting("epsilon", choices=PREDICTION_TYPES)
+
+
+def schedule_settings(config: NoiseScheduleConfig) -> dict:
+    """The scheduler config keys the noise schedule settings fix, for the training scheduler and the sampler alike."""
+    settings = {"rescale_betas_zero_snr": config.zero_terminal_snr, "prediction_type": config.prediction_type}
+    if config.zero_terminal_snr:
+        settings["timestep_spacing"] = "trailing"  # the first sampling step is t = T - 1, where training saw SNR 0
+    return settings
 
 
 @dataclass
@@ -79,6 +104,9 @@ class TrainConfig:
         low_high = self.resize_range
         if len(low_high) != 2 or not 1.0 <= low_high[0] <= low_high[1]:
             yield "resize_range", f"must be [low, high] with 1 <= low <= high, got {list(low_high)}"
+        if getattr(self, "zero_terminal_snr", False) and getattr(self, "prediction_type", None) == "epsilon":
+            yield "zero_terminal_snr", ("needs prediction_type v_prediction (the eps target is ill-posed at SNR 0), "
+                                        "got prediction_type epsilon")
         for spec in dataclasses.fields(self):
             rules, value = TASK_RULES.get(spec.name), getattr(self, spec.name)
             if rules and not spec.metadata and value is not None and not follows_rules(value, rules):

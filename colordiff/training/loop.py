@@ -49,6 +49,9 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingTask(Protocol):
+    """A task may also define `after_update(modules)`, called after each optimizer update (before that step's
+    checkpoint), e.g. for a target network's EMA (colordiff/training/distill.py)."""
+
     dataset: Dataset
 
     def trainable(self) -> dict[str, nn.Module]:
@@ -198,6 +201,8 @@ def train(config: TrainConfig, task: TrainingTask, accelerator: Accelerator) -> 
             global_step += 1
             if ema is not None:
                 ema.update()
+            if hasattr(task, "after_update"):
+                task.after_update(modules)
             _log(accelerator, output, global_step, loss, lr_scheduler.get_last_lr()[0])
             done = global_step >= config.max_train_steps
             if global_step % config.checkpointing_steps == 0 or done:

@@ -16,14 +16,21 @@ def diffusion_loss(unet, noise_scheduler: DDPMScheduler, latents: torch.Tensor, 
     latents z (B, 4, h, w) of the color image, condition_latents z_c of the gray image, text_embeds c (B, L, d).
     """
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)  # z_t
-    if noise_scheduler.config.prediction_type == "epsilon":
-        target = noise
-    elif noise_scheduler.config.prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise ValueError(f"unsupported prediction_type {noise_scheduler.config.prediction_type!r}")
+    target = diffusion_target(noise_scheduler, latents, noise, timesteps)
     prediction = unet(noisy, timesteps, text_embeds, condition_latents=condition_latents).sample
     return F.mse_loss(prediction.float(), target.float())
+
+
+def diffusion_target(noise_scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
+                     timesteps: torch.Tensor) -> torch.Tensor:
+    """What the network learns to predict, per the scheduler's prediction type: eps, or for v-prediction
+    v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) z (the only target still defined at zero terminal SNR)."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {kind!r}")
 
 
 def decoder_loss(decoded: torch.Tensor, target: torch.Tensor, perceptual: nn.Module | None,

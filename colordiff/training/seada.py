@@ -15,23 +15,24 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 from torch import nn
 from torch.utils.data import Dataset
 
 from colordiff.data import load_captions
 from colordiff.devices import mixed_precision_dtype
+from colordiff.errors import UsageError
 from colordiff.models.semantic_adapter import reconstruction_loss
 from colordiff.pipelines.seada_pipeline import SeAdaPipeline
-from colordiff.training.common import build_dataset, place_frozen, restore_frozen, validation_grid
-from colordiff.training.config import TrainConfig
+from colordiff.training.common import build_dataset, noise_schedulers, place_frozen, restore_frozen, validation_grid
+from colordiff.training.config import NoiseScheduleConfig, TrainConfig
 from colordiff.training.loop import make_accelerator, train
+from colordiff.training.losses import diffusion_target
 
 STAGE_NAMES = {0: "0 (ControlNet pretraining)", 1: "I", 2: "II", 3: "III"}
 
 
 @dataclass
-class TrainSeAdaConfig(TrainConfig):
+class TrainSeAdaConfig(NoiseScheduleConfig, TrainConfig):
     stage: int = 0  # 0, 1 (I), 2 (II) or 3 (III)
     output_dir: str = "outputs/seada_stage0"
     text_source: str = "captions"  # Des_g from the caption cache (caption_key); "empty" for smoke runs
@@ -93,6 +94,17 @@ def load_stage_input(config: TrainSeAdaConfig) -> SeAdaPipeline:
         local_files_only=config.local_files_only)
 
 
+def check_same_schedule(config: TrainSeAdaConfig, pipe: SeAdaPipeline) -> None:
+    """A later stage continues the previous stage's noise schedule: its control model was trained for it."""
+    before = (bool(pipe.scheduler.config.get("rescale_betas_zero_snr", False)),
+              pipe.control.config.get("prediction_type", "epsilon"))
+    if before != (config.zero_terminal_snr, config.prediction_type):
+        raise UsageError(f"{config.pretrained_model_name_or_path}: trained with zero_terminal_snr={before[0]}, "
+                         f"prediction_type={before[1]}; stage {STAGE_NAMES[config.stage]} must keep them, got "
+                         f"zero_terminal_snr={config.zero_terminal_snr}, prediction_type={config.prediction_type} "
+                         "(give every stage the same settings, e.g. --config configs/seada/zero_snr.yaml)")
+
+
 class ColorCaptions(Dataset):
     """Adds Des_c ("text_color") from the caption cache to each training example; Des_g is "text"."""
 
@@ -132,7 +144,11 @@ class SeAdaTask:
         self.lambda_s = config.lambda_s if config.lambda_s is not None else (0.5 if stage_one else 1.0)
         if "b" not in config.adapter_parts or pipe.adapter.color_encoder is None:
             self.lambda_r = 0.0  # part (b) switched off: no L_r
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        if config.stage > 0:
+            check_same_schedule(config, pipe)
+        self.noise_scheduler, self.scheduler = noise_schedulers(config, pipe.scheduler)
+        # the network records what it predicts: a pipeline refuses a scheduler set for another prediction type
+        pipe.control.register_to_config(prediction_type=self.noise_scheduler.config.prediction_type)
         self.weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
         self._set_trainable()
         base = build_dataset(config, accelerator)
@@ -184,7 +200,8 @@ class SeAdaTask:
         dtype = self.weight_dtype if not self.plan["control"] else next(control.parameters()).dtype
         prediction = control(pipe.unet, noisy.to(dtype), timesteps, text_embeds.to(dtype), control_image.to(dtype),
                              use_rca=self.plan["rca"]).sample
-        loss = self.lambda_s * F.mse_loss(prediction.float(), noise.float())  # L_s, Eq.4
+        target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)  # eps (Eq.4), or v
+        loss = self.lambda_s * F.mse_loss(prediction.float(), target.float())  # L_s, Eq.4
         if self.lambda_r > 0:
             loss = loss + self.lambda_r * reconstruction_loss(out, self.config.reconstruction_target)  # L_r, Eq.5
         return loss
@@ -204,7 +221,7 @@ class SeAdaTask:
         pipe = self.pipe
         return SeAdaPipeline(vae=pipe.vae, unet=pipe.unet, control=modules.get("control", pipe.control),
                              adapter=modules.get("adapter", pipe.adapter), tokenizer=pipe.tokenizer,
-                             scheduler=pipe.scheduler)
+                             scheduler=self.scheduler)
 
 
 def main(config: TrainSeAdaConfig) -> Path:

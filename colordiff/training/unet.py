@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
@@ -17,17 +16,18 @@ from colordiff.training.common import (
     export_pipeline,
     latent_dataset,
     load_base_pipeline,
+    noise_schedulers,
     place_frozen,
     restore_frozen,
     validation_grid,
 )
-from colordiff.training.config import TrainConfig
+from colordiff.training.config import NoiseScheduleConfig, TrainConfig
 from colordiff.training.loop import make_accelerator, train
 from colordiff.training.losses import diffusion_loss
 
 
 @dataclass
-class TrainUNetConfig(TrainConfig):
+class TrainUNetConfig(NoiseScheduleConfig, TrainConfig):
     output_dir: str = "outputs/train_unet"
     conditioning_dropout: float = 0.05  # probability of training on the empty prompt (classifier-free guidance)
     latents_cache: str | None = None  # precomputed VAE latents (scripts/precompute_latents.py): no VAE per step
@@ -41,7 +41,9 @@ class UNetTask:
     def __init__(self, config: TrainUNetConfig, accelerator):
         self.config, self.accelerator = config, accelerator
         self.pipe = load_base_pipeline(config)
-        self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        self.noise_scheduler, self.scheduler = noise_schedulers(config, self.pipe.scheduler)
+        # the network records what it predicts: a pipeline refuses a scheduler set for another prediction type
+        self.pipe.unet.register_to_config(prediction_type=self.noise_scheduler.config.prediction_type)
         weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
         self.kept = {}  # the frozen parts' exact weights, restored for export
         for frozen in (self.pipe.vae, self.pipe.text_encoder):  # frozen parts run in the mixed-precision dtype
@@ -90,7 +92,7 @@ class UNetTask:
         from colordiff.pipelines import ColorDiffPipeline
 
         return ColorDiffPipeline(vae=self.pipe.vae, unet=modules["unet"], text_encoder=self.pipe.text_encoder,
-                                 tokenizer=self.pipe.tokenizer, scheduler=self.pipe.scheduler)
+                                 tokenizer=self.pipe.tokenizer, scheduler=self.scheduler)
 
 
 def main(config: TrainUNetConfig) -> Path:
