@@ -3,7 +3,7 @@
 - inference: seconds per image of SeAdaPipeline vs diffusers' StableDiffusionControlNetPipeline (DDIM, CFG).
 - training: images/s of each SeAda stage's optimizer step (the real `SeAdaTask.loss`) vs a plain ControlNet
   training step (diffusers' train_controlnet.py: VAE-encode, noise, ControlNet + U-Net, MSE, AdamW).
-The goal of issue 5 is a ratio <= 1.15 (RCA is the only extra work). This module lives outside scripts/benchmark.py
+The target is a ratio <= 1.15 (RCA is the only extra work). This module lives outside scripts/benchmark.py
 because that file was being edited concurrently; `python -m colordiff.training.seada_bench [key=value ...]` runs it.
 """
 
