@@ -37,3 +37,23 @@ def test_benchmark_train_mode_reports_every_step_kind():
     # a time ratio, as in the inference mode: > 1 means our step is slower than the plain fine-tune step
     assert abs(report["train_ratio"] - steps["unet_precomputed"]["s_per_step"] /
                steps["baseline_sd_finetune"]["s_per_step"]) < 1e-9
+
+
+def test_benchmark_samplers_mode_scores_every_run_against_ddim50(tmp_path, tiny_model_dir):
+    from PIL import Image
+
+    photos = tmp_path / "gray"
+    photos.mkdir()
+    for k in range(2):
+        Image.open(REPO / "examples" / "photos" / ["kodim05.jpg", "kodim23.jpg"][k]).resize((64, 48)).save(
+            photos / f"p{k}.png")
+    runs = '[["DDIM 50","ddim",50,"model"],["UniPC 10","unipc",10,"model"],["LCM 4","lcm",4,"distilled"]]'
+    report = _benchmark("mode=samplers", "device=cpu", f"samplers.model={tiny_model_dir}",
+                        f"samplers.distilled={tmp_path / 'none'}", f"samplers.photos={photos}",
+                        f"samplers.gt={photos}", f"samplers.work_dir={tmp_path / 'work'}", f"samplers.runs={runs}",
+                        "samplers.resolution=64", "samplers.repeats=1")
+    ddim, unipc, lcm = report["runs"]
+    assert ddim["delta_ab_to_ddim50"] == 0 and ddim["speedup_vs_ddim50"] == 1
+    assert unipc["delta_ab_to_ddim50"] > 0 and unipc["seconds_per_image"] > 0 and "psnr" in unipc
+    assert lcm["skipped"].startswith("no distilled folder")
+    assert sorted(p.name for p in (tmp_path / "work" / "unipc_10").iterdir()) == ["p0.png", "p1.png"]
