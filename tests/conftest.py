@@ -27,3 +27,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny"
     assert main(["init-model", str(path), "--tiny"]) == 0
     return path
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """In-process training runs set accelerate's process-wide state; each test that runs one starts it afresh."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

@@ -210,15 +210,6 @@ def test_distilled_model_colorizes_in_few_steps_without_cfg(straight_run, tmp_pa
 
 
 # -- in-process runs (the same main() the script calls) ------------------------------------------------------------
-@pytest.fixture
-def fresh_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _config(teacher: Path, out: Path, **overrides) -> DistillConfig:
     settings = {"pretrained_model_name_or_path": str(teacher), "output_dir": str(out),
                 "train_data_dir": str(PHOTOS), "text_source": "captions",

@@ -155,15 +155,6 @@ def test_cli_init_model_seada_and_colorize_a_folder(tmp_path, tiny_data):
 
 
 # -- training -------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def fresh_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _train_in_process(stage: int, source: Path, out: Path, data: Path, **overrides) -> Path:
     from accelerate.state import AcceleratorState, GradientState
 

@@ -145,15 +145,6 @@ def test_decoder_trains_only_decoder_side_resumes_exactly_and_merges(tmp_path, t
 
 
 # -- in-process runs (the same main() the scripts call) -------------------------------------------------------------
-@pytest.fixture
-def fresh_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _config(tiny_model_dir, data, out, **overrides):
     from colordiff.training.unet import TrainUNetConfig
 

@@ -31,15 +31,6 @@ def four_images(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def fresh_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _config(tiny_model_dir, data, out, **overrides):
     """Four images, batch 4: one step per epoch."""
     from colordiff.training.unet import TrainUNetConfig

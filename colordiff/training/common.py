@@ -17,7 +17,7 @@ from colordiff.color import rgb_to_gray
 from colordiff.data import ColorizationDataset, Example, list_images, load_captions, screen_images, text_for
 from colordiff.errors import UsageError
 from colordiff.io import ImageReadError, atomic_write, is_image_path, read_image
-from colordiff.latents import LatentCacheDataset, read_index
+from colordiff.latents import LatentCacheDataset, encode_moments, read_index
 from colordiff.pipelines import ColorDiffPipeline, load_pipeline
 from colordiff.pipelines.registry import SD_COMPONENTS, guarded_load
 from colordiff.training.config import NoiseScheduleConfig, TrainConfig, schedule_settings
@@ -73,6 +73,15 @@ def noise_schedulers(config: NoiseScheduleConfig, scheduler: SchedulerMixin) -> 
     settings = schedule_settings(config)
     return (DDPMScheduler.from_config(scheduler.config, **settings),
             type(scheduler).from_config(scheduler.config, **settings))
+
+
+def batch_moments(batch: dict, vae, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The color image's posterior moments and the gray image's posterior mode of a training batch: read from the
+    latent cache when the batch comes from one, else encoded now with the frozen VAE (in `dtype`)."""
+    if "color_moments" in batch:  # precomputed: the same moments encode_moments gives, read from the cache
+        return batch["color_moments"].to(device), batch["gray_latents"].to(device)
+    color = batch["pixel_values"].to(device, dtype)  # (B, 3, H, W)
+    return encode_moments(vae, color, batch["gray_values"].to(device, dtype))
 
 
 def export_pipeline(pipe: ColorDiffPipeline, path: Path) -> None:

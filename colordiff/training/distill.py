@@ -25,11 +25,11 @@ from torch import nn
 from colordiff.config import setting
 from colordiff.devices import mixed_precision_dtype
 from colordiff.errors import UsageError
-from colordiff.latents import encode_moments
 from colordiff.pipelines import ColorDiffPipeline, load_pipeline
 from colordiff.sampling import guidance_embedding, guided_noise_prediction
 from colordiff.schedulers import check_prediction_type
 from colordiff.training.common import (
+    batch_moments,
     build_dataset,
     export_pipeline,
     latent_dataset,
@@ -203,11 +203,7 @@ class DistillTask:
     def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """z_0 ~ q(z | x) of the color image, z_c (the gray image's posterior mode, as at inference), the text c."""
         device, vae = self.accelerator.device, self.pipe.vae
-        if "color_moments" in batch:  # precomputed: the same moments encode_moments gives, read from the cache
-            moments, gray = batch["color_moments"].to(device), batch["gray_latents"].to(device)
-        else:
-            color = batch["pixel_values"].to(device, self.weight_dtype)  # (B, 3, H, W)
-            moments, gray = encode_moments(vae, color, batch["gray_values"].to(device, self.weight_dtype))
+        moments, gray = batch_moments(batch, vae, device, self.weight_dtype)
         scale = vae.config.scaling_factor
         with torch.no_grad():
             latents = DiagonalGaussianDistribution(moments.float()).sample() * scale  # (B, 4, h, w)

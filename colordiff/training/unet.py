@@ -10,8 +10,8 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
 from colordiff.devices import mixed_precision_dtype
-from colordiff.latents import encode_moments
 from colordiff.training.common import (
+    batch_moments,
     build_dataset,
     export_pipeline,
     latent_dataset,
@@ -62,11 +62,7 @@ class UNetTask:
 
     def loss(self, modules: dict[str, nn.Module], batch: dict) -> torch.Tensor:
         device, vae = self.accelerator.device, self.pipe.vae
-        if "color_moments" in batch:  # precomputed: the same moments encode_moments gives, read from the cache
-            moments, gray = batch["color_moments"].to(device), batch["gray_latents"].to(device)
-        else:
-            color = batch["pixel_values"].to(device, self.weight_dtype)  # (B, 3, H, W)
-            moments, gray = encode_moments(vae, color, batch["gray_values"].to(device, self.weight_dtype))
+        moments, gray = batch_moments(batch, vae, device, self.weight_dtype)
         batch_size = moments.shape[0]
         scale = vae.config.scaling_factor
         with torch.no_grad():
