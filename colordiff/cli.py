@@ -4,6 +4,9 @@
     colordiff evaluate --pred DIR --gt DIR [options] [key=value ...]
     colordiff init-model OUT --tiny | --base SD15 [--method colordiff|seada]
     colordiff merge-decoder MODEL DECODER_MODEL -o OUT
+    colordiff colorize-video INPUT... -o OUT --model M [--config YAML] [key=value ...]
+    colordiff evaluate-video --pred OUT.mp4 [--gt COLOR.mp4] [--json FILE]
+    colordiff demo --model M [--config YAML] [--host 127.0.0.1] [--port 7860] [key=value ...]
     accelerate launch -m colordiff.cli colorize ...      # files split across processes (GPUs)
 """
 
@@ -19,6 +22,8 @@ from colordiff.errors import EXIT_OK, EXIT_USAGE, UsageError
 from colordiff.evaluate import EvalConfig
 from colordiff.init_model import BASE_MODELS
 from colordiff.schedulers import SCHEDULERS
+from colordiff.video.cli import VIDEO_COMMANDS, add_video_parsers, run_video_command
+from colordiff.demo_cli import add_demo_parser, run_demo_command
 
 COLORIZE_DEFAULTS, EVAL_DEFAULTS = ColorizeConfig(), EvalConfig()
 
@@ -135,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("model", metavar="MODEL", help="model folder (e.g. the trained U-Net's output_dir/model)")
     merge.add_argument("decoder_model", metavar="DECODER_MODEL", help="model folder holding the trained decoder")
     merge.add_argument("-o", "--output", required=True, help="the merged model folder to write (required)")
+    add_video_parsers(commands)
+    add_demo_parser(commands)
     return parser
 
 
@@ -196,6 +203,10 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as err:
             raise UsageError(error_line(err)) from None
         return EXIT_OK
+    if args.command in VIDEO_COMMANDS:
+        return run_video_command(args)
+    if args.command == "demo":
+        return run_demo_command(args)
     return EXIT_USAGE
 
 
@@ -204,10 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         # positionals may follow the options (`INPUT -o OUT key=value`); anything else unknown is an error
-        unknown = [a for a in extra if a.startswith("-") or args.command != "colorize"]
+        takes_extra = args.command in ("colorize", "colorize-video", "demo")  # positionals after the options
+        unknown = [a for a in extra if a.startswith("-") or not takes_extra]
         if unknown:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        if args.command == "colorize":
+        if takes_extra:
             args.inputs += extra
     except SystemExit as exit_:  # argparse's usage errors (status 2), --help and --version (status 0)
         return int(exit_.code or 0)
