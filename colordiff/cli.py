@@ -18,12 +18,12 @@ import sys
 from colordiff import __version__
 from colordiff.colorize import ColorizeConfig
 from colordiff.config import ConfigError, dotlist_value, error_line, is_override, load_config
+from colordiff.demo_cli import add_demo_parser, run_demo_command
 from colordiff.errors import EXIT_OK, EXIT_USAGE, UsageError
 from colordiff.evaluate import EvalConfig
 from colordiff.init_model import BASE_MODELS
 from colordiff.schedulers import SCHEDULERS
 from colordiff.video.cli import VIDEO_COMMANDS, add_video_parsers, run_video_command
-from colordiff.demo_cli import add_demo_parser, run_demo_command
 
 COLORIZE_DEFAULTS, EVAL_DEFAULTS = ColorizeConfig(), EvalConfig()
 

@@ -42,6 +42,6 @@ def run_init_model(output: str, *, tiny: bool, base: str | None, dtype: str, loc
                                 SD_COMPONENTS, local_files_only=local_files_only)
         except ModelLoadError as err:
             raise UsageError(f"cannot load Stable Diffusion weights from {base}: {err.detail}") from None
-    save_pipeline_atomically(pipe, target)
+    save_pipeline_atomically(pipe, target, card={"base_model": None if tiny else source})  # untrained: no training
     print(f"colordiff: wrote {'tiny random' if tiny else 'untrained'} {name} model to {target}", file=sys.stderr)
     return EXIT_OK

@@ -340,6 +340,7 @@ def write_results(config: EvalSetConfig, out: Path, pred_dir: Path, results: dic
             write_text(out.parent / f"table_{name}.md", whole)
             write_text(out.parent / f"table_{name}.csv", render_csv(table, collected))
 
+    _add_to_model_card(config, markdown)
     keys = config.grid_samples or [Path(e).with_suffix("").as_posix() for e in
                                    read_file_list(prepared / "files.txt")][: config.grid_count]
     grid = comparison_grid(keys, gray_dir, pred_dir, gt_dir)
@@ -347,6 +348,21 @@ def write_results(config: EvalSetConfig, out: Path, pred_dir: Path, results: dic
     print("\n".join(markdown) or to_json(results))
     print(f"colordiff: results in {out} (metrics.json, per_image.csv, table_*.md|csv, grid.png)"
           + (f"; whole tables in {out.parent}" if config.row is not None else ""), file=sys.stderr)
+
+
+def _add_to_model_card(config: EvalSetConfig, markdown: list[str]) -> None:
+    """The tables into the evaluated model folder's card (its section for this set and row, replaced on a re-run);
+    a hub id or a folder that cannot be written is left as it is, with a warning."""
+    from colordiff.model_card import add_evaluation
+
+    folder = Path(config.model)
+    if not markdown or not (folder / "model_index.json").is_file():
+        return
+    name = config.name + (f", row {config.row}" if config.row is not None else "")
+    try:
+        add_evaluation(folder, "\n\n".join(markdown), name=name)
+    except (OSError, ValueError) as err:
+        print(f"colordiff: warning: {folder}: model card not updated ({err})", file=sys.stderr)
 
 
 # -----------------------------------------------------------------------------

@@ -96,9 +96,10 @@ def sample(
     guidance_scale: float = 7.5,
     generators: Sequence[torch.Generator] | None = None,
     eta: float | None = None,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
     segmentation: SegmentationGuidance | None = None,
     timestep_cond: torch.Tensor | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Run `scheduler`'s sampler from `noise` (B, 4, h, w) to z_0 (Eq.3 at every step); returns (B, 4, h, w).
 
@@ -107,6 +108,10 @@ def sample(
     draws noise (DDPM, Euler a, LCM, TCD, DDIM with eta > 0) draw it from `generators`, one per image, so a result
     depends only on its image's seed. `eta` goes to schedulers that take one (None: the scheduler's default; DDIM's
     is 0, deterministic). With `segmentation`, the first `guided_step_count(steps, strength)` steps are Eq.4-5 steps.
+
+    `on_step(step, t, latents)` runs after each step; a tensor it returns replaces the latents (as diffusers'
+    callback_on_step_end may). `stop()` is asked before each step; True ends the loop there (diffusers' `interrupt`):
+    the latents reached so far are returned.
     """
     solver = type(scheduler).from_config(scheduler.config)
     solver.set_timesteps(num_inference_steps, device=noise.device)
@@ -120,6 +125,8 @@ def sample(
     timesteps = solver.timesteps
     guided = 0 if segmentation is None else guided_step_count(len(timesteps), segmentation.strength)
     for step, t in enumerate(timesteps):
+        if stop is not None and stop():
+            break
         model_input = solver.scale_model_input(latents, t)
         if step < guided and len(segmentation.owners) > 0:
             eps = segmentation_noise_prediction(unet, t, model_input, condition_latents, text_embeds, uncond_embeds,
@@ -129,7 +136,12 @@ def sample(
                                           guidance_scale, timestep_cond)
         latents = solver.step(eps, t, latents, **step_kwargs).prev_sample
         if on_step is not None:
-            on_step(step, latents)
+            replaced = on_step(step, t, latents)
+            if replaced is not None:
+                if replaced.shape != latents.shape:
+                    raise ValueError(f"a step callback returned latents {tuple(replaced.shape)} for "
+                                     f"{tuple(latents.shape)}")
+                latents = replaced.to(device=latents.device, dtype=latents.dtype)
     return latents
 
 

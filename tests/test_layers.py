@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pixels, settings, models, sampling", (
         "colordiff", "colordiff.color", "colordiff.files", "colordiff.io", "colordiff.config", "colordiff.devices",
         "colordiff.errors", "colordiff.resources", "colordiff.models", "colordiff.sampling", "colordiff.claims",
-        "colordiff.schedulers",
+        "colordiff.schedulers", "colordiff.model_card", "colordiff.diffusers_names",
     )),
     ("semantics, pipelines, data, metrics", (
         "colordiff.semantics", "colordiff.pipelines", "colordiff.data", "colordiff.latents", "colordiff.metrics",
@@ -26,9 +26,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     )),
     ("applications", (
         "colordiff.colorize", "colordiff.colorize_jobs", "colordiff.captions_file", "colordiff.init_model",
-        "colordiff.evaluate", "colordiff.reproduce", "colordiff.training", "colordiff.mini",
+        "colordiff.evaluate", "colordiff.reproduce", "colordiff.training", "colordiff.mini", "colordiff.video",
+        "colordiff.demo",
     )),
-    ("command line", ("colordiff.cli",)),
+    ("command line", ("colordiff.cli", "colordiff.demo_cli")),
 ]
 MAX_LINES = 400
 

@@ -56,7 +56,7 @@ def test_sample_leaves_callers_scheduler_untouched_and_is_deterministic():
     steps = []
     with torch.no_grad():
         a = sample(unet, scheduler, noise, z_c, text, None, num_inference_steps=3,
-                        on_step=lambda i, z: steps.append(i))
+                        on_step=lambda i, t, z: steps.append(i))
         b = sample(unet, scheduler, noise, z_c, text, None, num_inference_steps=3)
     assert torch.equal(scheduler.timesteps, before)
     assert torch.equal(a, b) and steps == [0, 1, 2]

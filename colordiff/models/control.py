@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ControlNetModel, ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
@@ -102,7 +103,7 @@ def rca_sources(unet_config) -> list[int]:
     return sources
 
 
-class SeAdaControlModel(ModelMixin, ConfigMixin):
+class SeAdaControlModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """Mapper + ControlNet + RCA; `forward` runs SD's (frozen, unmodified) U-Net under their control.
 
     `prediction_type` records what training taught the controlled model to predict (a scheduler's `prediction_type`:

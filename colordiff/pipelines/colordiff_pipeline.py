@@ -6,19 +6,35 @@ passed in precomputed: category and caption make the text condition, instances d
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from colordiff.models import ConcatUNet2DConditionModel, LuminanceAwareAutoencoderKL
+from colordiff.pipelines.call_args import (
+    StepCallback,
+    batch_noise,
+    check_output_type,
+    check_texts_or_embeds,
+    group_indices,
+    input_images,
+    output_generators,
+    output_latents,
+    per_image,
+    per_image_embeds,
+    repeat_each,
+    stack_outputs,
+)
+from colordiff.pipelines.conventions import ColorizationPipelineMixin, TextCondition, timestep_count
 from colordiff.pipelines.images import ImageInput, Luminance, finish_image, luminance_of, working_gray, working_size
-from colordiff.pipelines.recorded_priors import RecordsPriorGenerators
+from colordiff.pipelines.recorded_priors import RecordsPriorGenerators, SafetensorsLoraLoaderMixin
 from colordiff.sampling import (
     SegmentationGuidance,
     guidance_condition,
@@ -41,13 +57,20 @@ class ColorDiffPipelineOutput(BaseOutput):
     priors: list[ImagePriors] | None = None  # the semantic priors used for each image, when any were
 
 
-class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
+class ColorDiffPipeline(RecordsPriorGenerators, ColorizationPipelineMixin, SafetensorsLoraLoaderMixin,
+                        StableDiffusionMixin, DiffusionPipeline):
     """Luminance-guided Stable Diffusion colorization: concat U-Net (Eq.1) + luminance-aware decoder (Eq.6).
 
     For each image: the grayscale version (from its Lab L) is encoded once, giving both z_c for the U-Net and the
     encoder features for the decoder's skips; DDIM with classifier-free guidance on the text produces z_0; the
     luminance-aware decoder reconstructs the color image; by default the input's exact L is kept and only the
     predicted a/b are used, upsampled to the input's size.
+
+    diffusers' habits work: `save_pretrained` / `from_pretrained` (also `DiffusionPipeline.from_pretrained` and
+    `AutoPipelineForImage2Image.from_pretrained` once colordiff is imported), `from_pipe`, `enable_vae_tiling` /
+    `enable_vae_slicing` (the luminance-aware decoder tiles its skips too), `enable_model_cpu_offload`,
+    `enable_freeu`, `fuse_qkv_projections`, and LoRA (`load_lora_weights`, `fuse_lora`, `set_adapters`) on the U-Net
+    and text encoder.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -59,6 +82,7 @@ class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
         scheduler: SchedulerMixin,
+        prior_generators: PriorGenerators | None = None,
     ):
         super().__init__()
         if not isinstance(unet, ConcatUNet2DConditionModel):
@@ -66,7 +90,7 @@ class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
         if not isinstance(vae, LuminanceAwareAutoencoderKL):
             raise TypeError(f"vae must be a LuminanceAwareAutoencoderKL, got {type(vae).__name__}")
         self.register_modules(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
-        self.prior_generators: PriorGenerators | None = None  # what semantic_priors.yaml records, loaded lazily
+        self.prior_generators = prior_generators  # what semantic_priors.yaml records (from_pretrained fills it in)
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -120,13 +144,6 @@ class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
         return compose_prompt(PriorsConfig().prompt_template, priors.category, priors.caption)
 
     # -- pieces ---------------------------------------------------------------------------------------------------
-    @property
-    def size_multiple(self) -> int:
-        """Model sides must be multiples of this: the VAE's downsampling times the U-Net's."""
-        vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
-        return vae_factor * unet_factor
-
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         """CLIP text embeddings (B, L, d) of `prompts`, padded to the tokenizer's maximum length."""
         tokens = self.tokenizer(
@@ -152,59 +169,113 @@ class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        images: ImageInput | list[ImageInput],
+        images: ImageInput | list[ImageInput] | None = None,
         prompt: str | list[str] | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
         generator: torch.Generator | list[torch.Generator] | None = None,
         resolution: int = 512,
         keep_luminance: bool = True,
-        negative_prompt: str = "",
+        negative_prompt: str | list[str] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         priors: PriorsInput = "auto",
         seg_strength: float = 0.3,
+        *,
+        image: ImageInput | list[ImageInput] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float | None = None,
+        latents: torch.Tensor | list[torch.Tensor] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     ) -> ColorDiffPipelineOutput | tuple:
         """Colorize `images` (any sizes; color inputs are reduced to their luminance first).
 
         Args:
+            images: a PIL image, an (H, W, 3) array or (3, H, W) tensor, a list of them, or a batch: a (B, 3, H, W)
+                tensor or (B, H, W, 3) array. `image` is the same argument under diffusers' image-to-image name.
             prompt: one text condition for all images or one per image. None: the caption/category prompt when those
                 priors are used, else "" (no text prior). A prompt replaces them (they are then not computed).
-            generator: a list of one generator per image makes each result independent of the batch it is in.
+            guidance_scale: classifier-free guidance scale w; guidance is off for w <= 1 (as in diffusers).
+            negative_prompt: the unconditional branch's text, one for all images or one per image ("" by default, as
+                in training's conditioning dropout).
+            generator: one generator per output (images x num_images_per_prompt) makes each result independent of
+                the batch it is in; a single generator is shared.
             resolution: the model works at about resolution^2 pixels, aspect ratio kept; outputs have input sizes.
             keep_luminance: keep the input's exact L and take only a/b from the model (DESIGN.md, Conventions).
+            output_type: "pil", "np" (H, W, 3) float, "pt" (3, H, W) float, or "latent" (z_0, (4, h, w), not
+                decoded). "np", "pt" and "latent" outputs are one stacked array / tensor when all outputs share a
+                size, else a list.
             priors: which semantic priors to compute with the generators the model records: "auto" (all it
                 records; none recorded = no priors), "none", "all", "caption", "category", "segmentation" or a list;
                 or precomputed ones: one ImagePriors (or its dict form, e.g. a --save-priors sidecar) per image.
             seg_strength: s of segmentation guidance (Eq.4-5): the first ceil(T s) of T steps are guided; 0 = off.
+            num_images_per_prompt: samples per input image; outputs are ordered image by image.
+            eta: DDIM's eta (other schedulers that take one too); None: the scheduler's default (0 for DDIM).
+            latents: initial noise, (N, 4, h, w) or a list of N (4, h, w) for N outputs, at each image's working
+                latent size (scaled by the scheduler's init_noise_sigma, as in diffusers).
+            prompt_embeds, negative_prompt_embeds: CLIP text embeddings (B or 1, L, d) instead of the texts.
+            callback_on_step_end: `f(pipe, step, timestep, callback_kwargs) -> dict` after each step, with the tensors
+                named in `callback_on_step_end_tensor_inputs` (of `_callback_tensor_inputs`); returned "latents"
+                replace the batch's. Images of different working sizes run as separate batches, each with its own
+                steps. Setting `pipe._interrupt = True` ends sampling (the latents so far are decoded).
         """
-        images = list(images) if isinstance(images, list | tuple) else [images]
-        generators = _per_image_generators(generator, len(images))
+        images = input_images(images, image)
+        check_output_type(output_type)
+        check_texts_or_embeds(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
+        StepCallback.check(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        count, outputs = len(images), len(images) * num_images_per_prompt
+        generators = output_generators(generator, outputs)
+        initial = output_latents(latents, outputs)
+        self._guidance_scale, self._interrupt = guidance_scale, False
+        self._num_timesteps = timestep_count(self.scheduler, num_inference_steps)
+
         device = self._execution_device  # color math runs there too: one upload per image, no round trips
         luminance = [luminance_of(im, device) for im in images]  # B x (1, 1, H, W), the only full-size tensors
-        image_priors = self._priors_for([Luminance(lum) for lum in luminance], priors, text_needed=prompt is None)
-        if prompt is not None:
-            prompts = _per_image(prompt, len(images), "prompt")
+        texts_given = prompt is not None or prompt_embeds is not None
+        image_priors = self._priors_for([Luminance(lum) for lum in luminance], priors, text_needed=not texts_given)
+        embeds = per_image_embeds(prompt_embeds, count, "prompt_embeds")
+        if embeds is not None:
+            prompts = [None] * count
+        elif prompt is not None:
+            prompts = per_image(prompt, count, "prompt")
         else:
-            prompts = [self.prior_prompt(p) for p in image_priors] if image_priors else [""] * len(images)
-        instances = [p.instances for p in image_priors] if image_priors else [None] * len(images)
+            prompts = [self.prior_prompt(p) for p in image_priors] if image_priors else [""] * count
+        negative_embeds = per_image_embeds(negative_prompt_embeds, count, "negative_prompt_embeds")
+        negatives = [None] * count if negative_embeds else per_image(negative_prompt or "", count, "negative prompt")
+        instances = [p.instances for p in image_priors] if image_priors else [None] * count
         if image_priors:  # record the text actually used, e.g. for --save-priors sidecars
-            image_priors = [replace(p, extra={**p.extra, "prompt": text}) for p, text in zip(image_priors, prompts,
-                                                                                              strict=True)]
-
+            image_priors = [replace(p, extra={**p.extra, "prompt": text}) if text is not None else p
+                            for p, text in zip(image_priors, prompts, strict=True)]
         _check_instances(instances, luminance)
-        results: list = [None] * len(images)
-        sizes = [working_size(*lum.shape[-2:], resolution, self.size_multiple) for lum in luminance]
-        for size, indices in _group_indices(sizes).items():  # images sharing a working size run as one batch
-            decoded = self._colorize_batch(
-                [luminance[i] for i in indices], size, [prompts[i] for i in indices], negative_prompt,
-                [generators[i] for i in indices], num_inference_steps, guidance_scale,
-                [instances[i] for i in indices], seg_strength,
-            )  # (b, 3, h, w)
-            for i, rgb in zip(indices, decoded, strict=True):
-                results[i] = finish_image(luminance[i], rgb, keep_luminance, output_type)
-                luminance[i] = None  # done with this image's full-size L
+
+        owner = repeat_each(list(range(count)), num_images_per_prompt)  # output j colorizes image owner[j]
+        left = [num_images_per_prompt] * count  # outputs still to make of each image: its L is freed after the last
+        results: list = [None] * outputs
+        sizes = [working_size(*luminance[i].shape[-2:], resolution, self.size_multiple) for i in owner]
+        for size, indices in group_indices(sizes).items():  # outputs sharing a working size run as one batch
+            mine = [owner[j] for j in indices]
+            batch = self._colorize_batch(
+                [luminance[i] for i in mine], size,
+                TextCondition([prompts[i] for i in mine], None if embeds is None else [embeds[i] for i in mine],
+                              [negatives[i] for i in mine],
+                              None if negative_embeds is None else [negative_embeds[i] for i in mine]),
+                [generators[j] for j in indices], [initial[j] for j in indices], num_inference_steps,
+                guidance_scale, [instances[i] for i in mine], seg_strength, eta, output_type == "latent",
+                callback_on_step_end, callback_on_step_end_tensor_inputs,
+            )  # (b, 3, h, w) RGB, or (b, 4, h/8, w/8) latents
+            for j, i, out in zip(indices, mine, batch, strict=True):
+                results[j] = out if output_type == "latent" else finish_image(luminance[i], out, keep_luminance,
+                                                                              output_type)
+                left[i] -= 1
+                if left[i] == 0:
+                    luminance[i] = None  # done with this image's full-size L
         self.maybe_free_model_hooks()
+        results = stack_outputs(results, output_type)
         return ColorDiffPipelineOutput(images=results, priors=image_priors) if return_dict else (results,)
 
     def _priors_for(self, images, priors: PriorsInput, text_needed: bool) -> list[ImagePriors] | None:
@@ -218,9 +289,17 @@ class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
             kinds = tuple(k for k in kinds if k == "segmentation")
         return self.prior_generators.compute(images, kinds, self._execution_device, self.unet.dtype) if kinds else None
 
-    def _colorize_batch(self, luminance, size, prompts, negative_prompt, generators, steps, guidance, instances,
-                        seg_strength):
-        """Colorize images of one working size `size` as one batch; returns the decoded RGB (B, 3, h, w)."""
+    def _text_embeddings(self, texts: TextCondition, use_cfg: bool, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, L, d) conditional embeddings, and the unconditional ones when classifier-free guidance runs."""
+        def embed(strings, given):
+            return torch.cat(given).to(self._execution_device) if given is not None else self.encode_prompt(strings)
+
+        text_embeds = embed(texts.prompts, texts.embeds).to(dtype)  # (B, L, d)
+        return text_embeds, embed(texts.negatives, texts.negative_embeds).to(dtype) if use_cfg else None
+
+    def _colorize_batch(self, luminance, size, texts: TextCondition, generators, initial, steps, guidance, instances,
+                        seg_strength, eta, return_latents, callback, callback_inputs):
+        """Colorize images of one working size `size` as one batch; the decoded RGB (B, 3, h, w), or z_0."""
         device = self._execution_device
         gray = torch.cat([working_gray(lum, size) for lum in luminance])  # (B, 3, h, w)
         condition_latents, features = self.encode_gray(gray)  # (B, 4, h/8, w/8)
@@ -228,32 +307,36 @@ class ColorDiffPipeline(RecordsPriorGenerators, DiffusionPipeline):
 
         segmentation = self._segmentation(instances, tuple(condition_latents.shape[-2:]), steps, seg_strength)
         labels = segmentation[1] if segmentation else []
-        text_embeds = self.encode_prompt(prompts)  # (B, L, d)
-        # with every prompt (and instance label) equal to the negative prompt both CFG branches are identical:
-        # skip one (exact)
         # a distilled (LCM) U-Net takes the guidance scale as an input instead of a second branch
-        timestep_cond = guidance_condition(self.unet, guidance, len(prompts), device, dtype)
-        use_cfg = (timestep_cond is None and guidance != 1.0
-                   and any(p != negative_prompt for p in [*prompts, *labels]))
-        uncond = self.encode_prompt([negative_prompt]).to(dtype) if use_cfg else None  # (1, L, d)
+        timestep_cond = guidance_condition(self.unet, guidance, len(generators), device, dtype)
+        use_cfg = timestep_cond is None and guidance > 1.0
+        if use_cfg and texts.embeds is None and texts.negative_embeds is None:
+            # with every prompt (and instance label) equal to its image's negative prompt both branches are
+            # identical: skip one (exact)
+            owners_negatives = [texts.negatives[k] for k in segmentation[2].tolist()] if segmentation else []
+            use_cfg = any(p != n for p, n in zip(texts.prompts, texts.negatives, strict=True)) or \
+                any(label != n for label, n in zip(labels, owners_negatives, strict=True))
+        text_embeds, uncond = self._text_embeddings(texts, use_cfg, dtype)  # (B, L, d) each
         guidance_inputs = None
         if segmentation:
             masks, labels, owners = segmentation
             label_embeds = self.encode_prompt(labels).to(dtype)  # (K, L, d): one text-encoder call for all labels
-            guidance_inputs = SegmentationGuidance(
-                masks.to(dtype), owners, label_embeds, None if uncond is None else uncond.expand_as(label_embeds),
-                seg_strength)
+            guidance_inputs = SegmentationGuidance(masks.to(dtype), owners, label_embeds,
+                                                   None if uncond is None else uncond[owners], seg_strength)
 
         check_prediction_type(self.unet, self.scheduler)
-        noise = initial_noise(generators, tuple(condition_latents.shape[1:]), device, dtype)
+        drawn = initial_noise(generators, tuple(condition_latents.shape[1:]), device, dtype)  # (B, 4, h/8, w/8)
+        noise = batch_noise(drawn, initial)
+        tensors = {"prompt_embeds": text_embeds, "negative_prompt_embeds": uncond,
+                   "condition_latents": condition_latents}
         with self.progress_bar(total=steps) as bar:
             latents = sample(
-                self.unet, self.scheduler, noise, condition_latents.to(dtype), text_embeds.to(dtype),
-                None if uncond is None else uncond.expand_as(text_embeds), num_inference_steps=steps,
-                guidance_scale=guidance, generators=generators, on_step=lambda step, z: bar.update(),
-                segmentation=guidance_inputs, timestep_cond=timestep_cond,
+                self.unet, self.scheduler, noise, condition_latents.to(dtype), text_embeds, uncond,
+                num_inference_steps=steps, guidance_scale=guidance, generators=generators, eta=eta,
+                on_step=StepCallback(self, callback, callback_inputs, tensors, bar),
+                segmentation=guidance_inputs, timestep_cond=timestep_cond, stop=lambda: self._interrupt,
             )
-        return self.decode(latents, features)  # (B, 3, h, w)
+        return latents if return_latents else self.decode(latents, features)  # (B, 3, h, w)
 
     def _segmentation(self, instances: list[Instances | None], grid: tuple[int, int], steps: int, strength: float):
         """(masks (K, 1, h, w), labels, owners (K,)) of a batch on the latent grid, or None when nothing is guided.
@@ -282,30 +365,3 @@ def _check_instances(instances: list[Instances | None], luminance: list[torch.Te
         if inst is not None and tuple(inst.masks.shape[-2:]) != tuple(lum.shape[-2:]):
             raise ValueError(f"image {index}: instance masks are {tuple(inst.masks.shape[-2:])} but the image is "
                              f"{tuple(lum.shape[-2:])} (H, W)")
-
-
-def _group_indices(keys: list) -> dict:
-    """{key: [indices of the items with that key]}, keys in first-seen order."""
-    groups = defaultdict(list)
-    for i, key in enumerate(keys):
-        groups[key].append(i)
-    return groups
-
-
-def _per_image(value: str | list[str], count: int, name: str) -> list[str]:
-    if isinstance(value, str):
-        return [value] * count
-    if len(value) != count:
-        raise ValueError(f"got {len(value)} {name}s for {count} images")
-    return list(value)
-
-
-def _per_image_generators(generator, count: int) -> list[torch.Generator]:
-    """One CPU generator per image; a single generator is shared (results then depend on the order)."""
-    if isinstance(generator, list):
-        if len(generator) != count:
-            raise ValueError(f"got {len(generator)} generators for {count} images")
-        return generator
-    if generator is None:
-        generator = torch.Generator("cpu").manual_seed(torch.seed())
-    return [generator] * count

@@ -8,23 +8,35 @@ DDIM -> VAE decoder -> the input's exact luminance with the model's a/b, at the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from colordiff.models.control import ControlledDenoiser, SeAdaControlModel
 from colordiff.models.semantic_adapter import SemanticAdapter
-from colordiff.pipelines.colordiff_pipeline import (
-    ColorDiffPipelineOutput,
-    _group_indices,
-    _per_image,
-    _per_image_generators,
+from colordiff.pipelines.call_args import (
+    StepCallback,
+    batch_noise,
+    check_output_type,
+    check_texts_or_embeds,
+    group_indices,
+    input_images,
+    output_generators,
+    output_latents,
+    per_image,
+    per_image_embeds,
+    repeat_each,
+    stack_outputs,
 )
+from colordiff.pipelines.colordiff_pipeline import ColorDiffPipelineOutput
+from colordiff.pipelines.conventions import ColorizationPipelineMixin, TextCondition, timestep_count
 from colordiff.pipelines.images import ImageInput, Luminance, finish_image, luminance_of, working_gray, working_size
-from colordiff.pipelines.recorded_priors import RecordsPriorGenerators
+from colordiff.pipelines.recorded_priors import RecordsPriorGenerators, SafetensorsLoraLoaderMixin
 from colordiff.sampling import initial_noise, sample
 from colordiff.schedulers import check_prediction_type
 from colordiff.semantics.generators import PriorGenerators, resolve_prior_kinds
@@ -33,13 +45,51 @@ from colordiff.semantics.priors import ImagePriors
 SeAdaPipelineOutput = ColorDiffPipelineOutput  # images (+ the priors used)
 
 
-class SeAdaPipeline(RecordsPriorGenerators, DiffusionPipeline):
-    """SeAda inference: semantic adapter + controlled Stable Diffusion. Same call contract as ColorDiffPipeline."""
+class SeAdaLoraLoaderMixin(SafetensorsLoraLoaderMixin):
+    """LoRA for SeAda: keys prefixed `unet.` load into the (frozen-in-the-paper) U-Net, `control.` into the control
+    model (ControlNet + RCA + mapper); `fuse_lora`, `unfuse_lora`, `set_adapters` act on both. Files are written by
+    `save_lora_weights(dir, unet_lora_layers=..., control_lora_layers=...)` (train_seada with lora_rank > 0)."""
+
+    _lora_loadable_modules = ["unet", "control"]
+    _lora_model_names = ("unet", "control")
+    control_name = "control"
+
+    @classmethod
+    def save_lora_weights(cls, save_directory, unet_lora_layers=None, control_lora_layers=None,
+                          is_main_process: bool = True, weight_name: str | None = None, save_function=None,
+                          safe_serialization: bool = True, unet_lora_adapter_metadata=None,
+                          control_lora_adapter_metadata=None):
+        """Write `pytorch_lora_weights.safetensors` with `unet.` and `control.` prefixed LoRA layers."""
+        layers, metadata = {}, {}
+        if unet_lora_layers:
+            layers[cls.unet_name], metadata[cls.unet_name] = unet_lora_layers, unet_lora_adapter_metadata
+        if control_lora_layers:
+            layers[cls.control_name], metadata[cls.control_name] = control_lora_layers, control_lora_adapter_metadata
+        if not layers:
+            raise ValueError("pass unet_lora_layers and/or control_lora_layers")
+        cls._save_lora_weights(save_directory=save_directory, lora_layers=layers, lora_metadata=metadata,
+                               is_main_process=is_main_process, weight_name=weight_name, save_function=save_function,
+                               safe_serialization=safe_serialization)
+
+    def fuse_lora(self, components: list[str] = ("unet", "control"), lora_scale: float = 1.0,
+                  safe_fusing: bool = False, adapter_names: list[str] | None = None, **kwargs):
+        super().fuse_lora(components=list(components), lora_scale=lora_scale, safe_fusing=safe_fusing,
+                          adapter_names=adapter_names, **kwargs)
+
+    def unfuse_lora(self, components: list[str] = ("unet", "control"), **kwargs):
+        super().unfuse_lora(components=list(components), **kwargs)
+
+
+class SeAdaPipeline(RecordsPriorGenerators, ColorizationPipelineMixin, SeAdaLoraLoaderMixin, StableDiffusionMixin,
+                    DiffusionPipeline):
+    """SeAda inference: semantic adapter + controlled Stable Diffusion. Same call contract as ColorDiffPipeline
+    (`prompt_embeds` are the adapter's refined embeddings e_r); LoRA loads into the U-Net and the control model."""
 
     model_cpu_offload_seq = "adapter->control->unet->vae"
 
     def __init__(self, vae: AutoencoderKL, unet: UNet2DConditionModel, control: SeAdaControlModel,
-                 adapter: SemanticAdapter, tokenizer: CLIPTokenizer, scheduler: SchedulerMixin):
+                 adapter: SemanticAdapter, tokenizer: CLIPTokenizer, scheduler: SchedulerMixin,
+                 prior_generators: PriorGenerators | None = None):
         super().__init__()
         if not isinstance(control, SeAdaControlModel):
             raise TypeError(f"control must be a SeAdaControlModel, got {type(control).__name__}")
@@ -47,7 +97,7 @@ class SeAdaPipeline(RecordsPriorGenerators, DiffusionPipeline):
             raise TypeError(f"adapter must be a SemanticAdapter, got {type(adapter).__name__}")
         self.register_modules(vae=vae, unet=unet, control=control, adapter=adapter, tokenizer=tokenizer,
                               scheduler=scheduler)
-        self.prior_generators: PriorGenerators | None = None  # the captioner, from semantic_priors.yaml
+        self.prior_generators = prior_generators  # the captioner, from semantic_priors.yaml
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -104,7 +154,7 @@ class SeAdaPipeline(RecordsPriorGenerators, DiffusionPipeline):
     def captions_for(self, images, priors, prompt) -> tuple[list[str], list[ImagePriors] | None]:
         """Des_g per image: `prompt` when given, else the caption prior (precomputed or computed now), else ""."""
         if prompt is not None:
-            return _per_image(prompt, len(images), "prompt"), None
+            return per_image(prompt, len(images), "prompt"), None
         if isinstance(priors, list | tuple) and priors and isinstance(priors[0], ImagePriors | dict):
             if len(priors) != len(images):
                 raise ValueError(f"got {len(priors)} precomputed priors for {len(images)} images")
@@ -117,9 +167,8 @@ class SeAdaPipeline(RecordsPriorGenerators, DiffusionPipeline):
 
     # -- pieces ---------------------------------------------------------------------------------------------------
     @property
-    def size_multiple(self) -> int:
-        vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return vae_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+    def _denoiser_config(self):
+        return self.control.config
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids (B, L), padded to the tokenizer's maximum length."""
@@ -132,51 +181,92 @@ class SeAdaPipeline(RecordsPriorGenerators, DiffusionPipeline):
 
     # -- call -------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, images, prompt: str | list[str] | None = None, num_inference_steps: int = 50,
+    def __call__(self, images=None, prompt: str | list[str] | None = None, num_inference_steps: int = 50,
                  guidance_scale: float = 7.5, generator=None, resolution: int = 512, keep_luminance: bool = True,
-                 negative_prompt: str = "", output_type: str = "pil", return_dict: bool = True, priors="auto",
-                 seg_strength: float = 0.0) -> ColorDiffPipelineOutput | tuple:
-        """Colorize `images` (any sizes). `prompt` replaces the gray caption Des_g; `priors` as in ColorDiffPipeline
-        (caption only). `seg_strength` is accepted for the shared CLI and ignored: SeAda has no segmentation guidance.
+                 negative_prompt: str | list[str] | None = None, output_type: str = "pil", return_dict: bool = True,
+                 priors="auto", seg_strength: float = 0.0, *, image=None, num_images_per_prompt: int = 1,
+                 eta: float | None = None, latents=None, prompt_embeds: torch.Tensor | None = None,
+                 negative_prompt_embeds: torch.Tensor | None = None, callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: list[str] = ("latents",)) -> ColorDiffPipelineOutput | tuple:
+        """Colorize `images` (any sizes). `prompt` replaces the gray caption Des_g; `prompt_embeds` /
+        `negative_prompt_embeds` replace the adapter's e_r (B or 1, L, d) of the caption / negative prompt; every
+        other argument as in ColorDiffPipeline (`priors`: caption only). `seg_strength` is accepted for the shared
+        CLI and ignored: SeAda has no segmentation guidance.
         """
-        images = list(images) if isinstance(images, list | tuple) else [images]
-        generators = _per_image_generators(generator, len(images))
+        images = input_images(images, image)
+        check_output_type(output_type)
+        check_texts_or_embeds(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
+        StepCallback.check(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        count, outputs = len(images), len(images) * num_images_per_prompt
+        generators = output_generators(generator, outputs)
+        initial = output_latents(latents, outputs)
+        self._guidance_scale, self._interrupt = guidance_scale, False
+        self._num_timesteps = timestep_count(self.scheduler, num_inference_steps)
+
         device = self._execution_device
         luminance = [luminance_of(im, device) for im in images]  # B x (1, 1, H, W), the only full-size tensors
-        captions, image_priors = self.captions_for([Luminance(lum) for lum in luminance], priors, prompt)
+        embeds = per_image_embeds(prompt_embeds, count, "prompt_embeds")
+        if embeds is not None:
+            captions, image_priors = [None] * count, None
+        else:
+            captions, image_priors = self.captions_for([Luminance(lum) for lum in luminance], priors, prompt)
         if image_priors:
             image_priors = [ImagePriors(caption=p.caption, extra={**p.extra, "prompt": c})
                             for p, c in zip(image_priors, captions, strict=True)]
-        sizes = [working_size(*lum.shape[-2:], resolution, self.size_multiple) for lum in luminance]
-        results: list = [None] * len(images)
-        for size, indices in _group_indices(sizes).items():  # one batch per working size
-            decoded = self._colorize_batch([luminance[i] for i in indices], size, [captions[i] for i in indices],
-                                           negative_prompt, [generators[i] for i in indices], num_inference_steps,
-                                           guidance_scale)  # (b, 3, h, w)
-            for i, rgb in zip(indices, decoded, strict=True):
-                results[i] = finish_image(luminance[i], rgb, keep_luminance, output_type)
-                luminance[i] = None  # done with this image's full-size L
+        negative_embeds = per_image_embeds(negative_prompt_embeds, count, "negative_prompt_embeds")
+        negatives = [None] * count if negative_embeds else per_image(negative_prompt or "", count, "negative prompt")
+
+        owner = repeat_each(list(range(count)), num_images_per_prompt)  # output j colorizes image owner[j]
+        left = [num_images_per_prompt] * count
+        sizes = [working_size(*luminance[i].shape[-2:], resolution, self.size_multiple) for i in owner]
+        results: list = [None] * outputs
+        for size, indices in group_indices(sizes).items():  # one batch per working size
+            mine = [owner[j] for j in indices]
+            texts = TextCondition([captions[i] for i in mine], None if embeds is None else [embeds[i] for i in mine],
+                                  [negatives[i] for i in mine],
+                                  None if negative_embeds is None else [negative_embeds[i] for i in mine])
+            batch = self._colorize_batch([luminance[i] for i in mine], size, texts, [generators[j] for j in indices],
+                                         [initial[j] for j in indices], num_inference_steps, guidance_scale, eta,
+                                         output_type == "latent", callback_on_step_end,
+                                         callback_on_step_end_tensor_inputs)  # (b, 3, h, w) or (b, 4, h/8, w/8)
+            for j, i, out in zip(indices, mine, batch, strict=True):
+                results[j] = out if output_type == "latent" else finish_image(luminance[i], out, keep_luminance,
+                                                                              output_type)
+                left[i] -= 1
+                if left[i] == 0:
+                    luminance[i] = None  # done with this image's full-size L
         self.maybe_free_model_hooks()
+        results = stack_outputs(results, output_type)
         return ColorDiffPipelineOutput(images=results, priors=image_priors) if return_dict else (results,)
 
-    def _colorize_batch(self, luminance, size, captions, negative_prompt, generators, steps, guidance):
-        """Colorize images of one working size `size` as one batch; returns the decoded RGB (B, 3, h, w)."""
+    def _refined_embeddings(self, texts: list[str | None], given: list[torch.Tensor] | None) -> torch.Tensor:
+        """e_r (B, L, d): given, or the adapter's of `texts`."""
+        return torch.cat(given).to(self._execution_device) if given is not None else self.encode_captions(texts)
+
+    def _colorize_batch(self, luminance, size, texts: TextCondition, generators, initial, steps, guidance, eta,
+                        return_latents, callback, callback_inputs):
+        """Colorize images of one working size `size` as one batch; the decoded RGB (B, 3, h, w), or z_0."""
         device, dtype = self._execution_device, self.unet.dtype
         gray = torch.cat([working_gray(lum, size) for lum in luminance])  # (B, 3, h, w) in [0, 1]
-        text_embeds = self.encode_captions(captions).to(dtype)  # (B, L, d)
-        use_cfg = guidance != 1.0 and any(c != negative_prompt for c in captions)  # else both branches are equal
-        uncond = self.encode_captions([negative_prompt]).to(dtype).expand_as(text_embeds) if use_cfg else None
-        latent_shape = (self.unet.config.in_channels, size[0] // self._vae_factor, size[1] // self._vae_factor)
+        text_embeds = self._refined_embeddings(texts.prompts, texts.embeds).to(dtype)  # (B, L, d)
+        use_cfg = guidance > 1.0
+        if use_cfg and texts.embeds is None and texts.negative_embeds is None:  # equal texts: both branches equal
+            use_cfg = any(c != n for c, n in zip(texts.prompts, texts.negatives, strict=True))
+        uncond = self._refined_embeddings(texts.negatives, texts.negative_embeds).to(dtype) if use_cfg else None
+        latent_shape = (self.unet.config.in_channels, size[0] // self.vae_scale_factor,
+                        size[1] // self.vae_scale_factor)
         check_prediction_type(self.control, self.scheduler)
-        noise = initial_noise(generators, latent_shape, device, dtype)  # (B, 4, h/8, w/8)
+        noise = batch_noise(initial_noise(generators, latent_shape, device, dtype), initial)  # (B, 4, h/8, w/8)
         denoiser = ControlledDenoiser(self.control, self.unet)
+        tensors = {"prompt_embeds": text_embeds, "negative_prompt_embeds": uncond, "condition_latents": gray}
         with self.progress_bar(total=steps) as bar:
             latents = sample(denoiser, self.scheduler, noise, gray.to(dtype), text_embeds, uncond,
-                             num_inference_steps=steps, guidance_scale=guidance, generators=generators,
-                             on_step=lambda step, z: bar.update())
+                             num_inference_steps=steps, guidance_scale=guidance, generators=generators, eta=eta,
+                             on_step=StepCallback(self, callback, callback_inputs, tensors, bar),
+                             stop=lambda: self._interrupt)
+        if return_latents:
+            return latents
         decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0)  # (B, 3, h, w)
-
-    @property
-    def _vae_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)

@@ -105,15 +105,48 @@ class PriorGenerators:
     def prompt(self, priors: ImagePriors) -> str:
         return compose_prompt(self.config.prompt_template, priors.category, priors.caption, self.config.drop_phrases)
 
-    def to_yaml(self) -> str:
-        """The config with local folders made absolute, for recording in another model folder."""
-        specs = {}
+    def local_sources(self) -> dict[str, Path]:
+        """{config field: resolved local folder} of the generators that load from a folder on this machine."""
+        found = {}
         for field in KIND_FIELDS.values():
             spec = getattr(self.config, field)
-            if spec is not None:
-                try:
-                    source = resolve_source(spec.source, self.base_dir)
-                except FileNotFoundError:
-                    source = spec.source  # recorded as given; loading it will name it as missing
-                specs[field] = replace(spec, source=str(Path(source).resolve()) if Path(source).is_dir() else source)
+            if spec is None:
+                continue
+            try:
+                source = resolve_source(spec.source, self.base_dir)
+            except FileNotFoundError:
+                continue
+            if Path(source).is_dir():
+                found[field] = Path(source).resolve()
+        return found
+
+    def folders_inside_base(self) -> list[Path]:
+        """The generator folders that lie inside the folder this config was read from, relative to it."""
+        if self.base_dir is None:
+            return []
+        base = self.base_dir.resolve()
+        return [folder.relative_to(base) for folder in self.local_sources().values() if folder.is_relative_to(base)]
+
+    def to_yaml(self, target_dir: str | Path | None = None) -> str:
+        """The config for recording in the model folder `target_dir`: local generator folders inside it (or inside
+        the folder this config came from, which the saving pipeline copies into it) as paths relative to it, others
+        as absolute paths, with a warning that the model folder then works only where that path exists."""
+        import warnings
+
+        target = None if target_dir is None else Path(target_dir).resolve()
+        base = None if self.base_dir is None else self.base_dir.resolve()
+        specs = {}
+        for field, folder in self.local_sources().items():
+            spec = getattr(self.config, field)
+            if target is not None and base is not None and folder.is_relative_to(base):
+                recorded = folder.relative_to(base).as_posix()  # copied to the same place under target_dir
+            elif target is not None and folder.is_relative_to(target):
+                recorded = folder.relative_to(target).as_posix()
+            else:
+                recorded = str(folder)
+                if target is not None:
+                    warnings.warn(f"{PRIORS_FILE}: {field} is the folder {folder}, outside the model folder "
+                                  f"{target}; it is recorded by its absolute path, which other machines lack",
+                                  stacklevel=3)
+            specs[field] = replace(spec, source=recorded)
         return to_yaml(replace(self.config, **specs))

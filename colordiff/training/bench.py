@@ -110,7 +110,7 @@ def training_steps(model_size: str, device: torch.device, dtype: torch.dtype, ba
             features = [f[batch:] for f in features]
         with autocast:
             decoded = (decoder_vae.decode_with_features(latents, features) if skips
-                       else decoder_vae.decode(latents).sample)
+                       else decoder_vae.decode_without_skips(latents).sample)
             loss = decoder_loss(decoded, color, perceptual, 0.1)
         _optimizer_step(loss, opt_decoder)
 

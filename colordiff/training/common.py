@@ -84,13 +84,30 @@ def batch_moments(batch: dict, vae, device, dtype) -> tuple[torch.Tensor, torch.
     return encode_moments(vae, color, batch["gray_values"].to(device, dtype))
 
 
-def export_pipeline(pipe: ColorDiffPipeline, path: Path) -> None:
-    """The final model folder: float32 weights on the CPU, written atomically (loadable by colordiff colorize)."""
+def export_pipeline(pipe: ColorDiffPipeline, path: Path, card: dict | None = None) -> None:
+    """The final model folder: float32 weights on the CPU, written atomically (loadable by colordiff colorize), with
+    its model card (`card`: training_card's keyword arguments for colordiff.model_card.write_model_card)."""
     from colordiff.pipelines.assemble import save_pipeline_atomically
 
     for part in (pipe.vae, pipe.unet, pipe.text_encoder):
         place(part, "cpu", torch.float32)
-    save_pipeline_atomically(pipe, path)
+    save_pipeline_atomically(pipe, path, card=card)
+
+
+def training_card(config: TrainConfig, trained: dict[str, str], lora_file: Path | None = None) -> dict:
+    """The model card of a training export: derived from the model it started from, with this run's settings and
+    what it trained ({component: how})."""
+    source = config.pretrained_model_name_or_path
+    return {"base_model": source, "previous": source, "training": config, "trained": trained, "lora_file": lora_file}
+
+
+def how_trained(config, script: str, lora_also: str = "") -> str:
+    """One line for a model card: full fine-tune or LoRA (with `lora_also`, what trained fully beside it), for how
+    many steps, by which script."""
+    rank = getattr(config, "lora_rank", 0)
+    how = f"LoRA rank {rank}, fused into the weights{lora_also}" if rank else "full fine-tune"
+    steps = config.max_train_steps
+    return f"{how}, {steps} step{'' if steps == 1 else 's'} ({script})"
 
 
 def screened_examples(config: TrainConfig, accelerator: Accelerator) -> list[Example]:

@@ -8,7 +8,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from colordiff.training.common import build_dataset, export_pipeline, load_base_pipeline, validation_grid
+from colordiff.training.common import (
+    build_dataset,
+    export_pipeline,
+    how_trained,
+    load_base_pipeline,
+    training_card,
+    validation_grid,
+)
 from colordiff.training.config import TrainConfig
 from colordiff.training.loop import make_accelerator, train
 from colordiff.training.losses import build_perceptual, decoder_loss
@@ -74,7 +81,8 @@ class DecoderTask:
 
     def export(self, modules: dict[str, nn.Module], path: Path) -> None:
         pipe = self._pipeline(modules)
-        export_pipeline(pipe, path)
+        how = "decoder, Eq.6 skip convs and alphas: " + how_trained(self.config, "train_decoder.py, Eq.7")
+        export_pipeline(pipe, path, card=training_card(self.config, {"vae": how + "; encoder frozen"}))
 
     def _pipeline(self, modules):
         from colordiff.pipelines import ColorDiffPipeline

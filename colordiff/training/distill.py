@@ -12,7 +12,7 @@ every training script shares. The exported folder samples with LCMScheduler (doc
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,19 +32,22 @@ from colordiff.training.common import (
     batch_moments,
     build_dataset,
     export_pipeline,
+    how_trained,
     latent_dataset,
     place,
     place_frozen,
     restore_frozen,
+    training_card,
     validation_grid,
 )
 from colordiff.training.config import TrainConfig
 from colordiff.training.lcm import ConsistencySchedule, consistency_loss
 from colordiff.training.loop import make_accelerator, train
+from colordiff.training.lora import LoraSettings, add_lora, fused
 
 
 @dataclass
-class DistillConfig(TrainConfig):
+class DistillConfig(LoraSettings, TrainConfig):
     pretrained_model_name_or_path: str = "outputs/colordiff_unet/model"  # the trained ColorDiff model (teacher)
     output_dir: str = "outputs/distill_lcm"
     train_batch_size: int = setting(12, min=1)  # per process (diffusers' LCM recipe)
@@ -62,18 +65,13 @@ class DistillConfig(TrainConfig):
     loss_type: str = setting("huber", choices=("huber", "l2"))
     huber_c: float = setting(0.001, above=0)
     time_cond_proj_dim: int = setting(256, min=1)  # width of the student's guidance-scale embedding
-    # 0: the whole student trains; > 0: a LoRA of this rank on `lora_target_modules` (merged into the export),
-    # with the guidance-scale projection trained alongside it
-    lora_rank: int = setting(0, min=0)
-    lora_alpha: float | None = setting(None, above=0)  # None: lora_rank (LoRA scale 1)
-    lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # lora_rank (LoraSettings) 0: the whole student trains; > 0: a LoRA of this rank on `lora_target_modules`
+    # (merged into the export), with the guidance-scale projection trained alongside it
 
     def config_checks(self):
         yield from super().config_checks()
         if self.w_min > self.w_max:
             yield "w_max", f"must be at least w_min ({self.w_min}), got {self.w_max}"
-        if self.lora_rank > 0 and not self.lora_target_modules:
-            yield "lora_target_modules", "must name at least one module when lora_rank > 0"
 
 
 def load_teacher(config: DistillConfig) -> ColorDiffPipeline:
@@ -109,24 +107,9 @@ def make_student(teacher: nn.Module, config: DistillConfig) -> nn.Module:
         for parameter in cond_proj.parameters():
             parameter.zero_()
     student = student.to(teacher.device).train()
-    if config.lora_rank > 0:
-        from peft import LoraConfig
-
-        student.requires_grad_(False)
-        student.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
-                                       target_modules=list(config.lora_target_modules)))  # lora_B = 0: no change
-        cond_proj.requires_grad_(True)  # the guidance-scale input trains alongside the LoRA
+    if config.lora_rank > 0:  # lora_B = 0: no change; the guidance-scale input trains alongside the LoRA
+        add_lora(student, config, fully_trained=["time_embedding.cond_proj"])
     return student
-
-
-def merged(student: nn.Module) -> nn.Module:
-    """A LoRA student with its LoRA folded into the base weights (a plain concat U-Net); others as they are."""
-    if not getattr(student, "_hf_peft_config_loaded", False):
-        return student
-    plain = copy.deepcopy(student)
-    plain.fuse_lora()
-    plain.unload_lora()
-    return plain
 
 
 TARGET_FILE = "target_unet.safetensors"  # in each checkpoint: the target network's averaged parameters
@@ -238,7 +221,9 @@ class DistillTask:
     def export(self, modules: dict[str, nn.Module], path: Path) -> None:
         for frozen in (self.pipe.vae, self.pipe.text_encoder):
             restore_frozen(frozen, self.kept)
-        export_pipeline(self._pipeline(merged(modules["unet"])), path)
+        how = how_trained(self.config, "distill.py, LCM", lora_also=" (the guidance-scale input in full)")
+        export_pipeline(self._pipeline(fused(modules["unet"])), path,
+                        card=training_card(self.config, {"unet": "LCM student with a guidance-scale input: " + how}))
 
     def scheduler(self) -> LCMScheduler:
         """LCMScheduler on the teacher's schedule, its timestep grid the solver's (original_inference_steps = N)."""

@@ -23,16 +23,25 @@ from colordiff.devices import mixed_precision_dtype
 from colordiff.errors import UsageError
 from colordiff.models.semantic_adapter import reconstruction_loss
 from colordiff.pipelines.seada_pipeline import SeAdaPipeline
-from colordiff.training.common import build_dataset, noise_schedulers, place_frozen, restore_frozen, validation_grid
+from colordiff.training.common import (
+    build_dataset,
+    how_trained,
+    noise_schedulers,
+    place_frozen,
+    restore_frozen,
+    training_card,
+    validation_grid,
+)
 from colordiff.training.config import NoiseScheduleConfig, TrainConfig
 from colordiff.training.loop import make_accelerator, train
+from colordiff.training.lora import LoraSettings, add_lora, fused, save_lora_file
 from colordiff.training.losses import diffusion_target
 
 STAGE_NAMES = {0: "0 (ControlNet pretraining)", 1: "I", 2: "II", 3: "III"}
 
 
 @dataclass
-class TrainSeAdaConfig(NoiseScheduleConfig, TrainConfig):
+class TrainSeAdaConfig(LoraSettings, NoiseScheduleConfig, TrainConfig):
     stage: int = 0  # 0, 1 (I), 2 (II) or 3 (III)
     output_dir: str = "outputs/seada_stage0"
     text_source: str = "captions"  # Des_g from the caption cache (caption_key); "empty" for smoke runs
@@ -48,6 +57,26 @@ class TrainSeAdaConfig(NoiseScheduleConfig, TrainConfig):
     use_rca: bool = True  # Table 4: false removes the RCA blocks (applied in stage II / III)
     mapper_channels: int = 4  # C_f, when stage 0 builds the model from Stable Diffusion
     rca_head_dim: int = 64
+    # lora_rank (LoraSettings) > 0: a LoRA on the ControlNet's copy of SD's encoder; the modules SeAda adds to SD
+    # (mapper, widened conv_in, zero convs, RCA) train in full; the adapter (stages I / III) always trains in full
+
+    def config_checks(self):
+        yield from super().config_checks()
+        if self.stage == 1 and self.lora_rank > 0:
+            yield "lora_rank", ("must be 0 in stage 1 (I): it trains only the semantic adapter, which has no LoRA "
+                                f"option, got {self.lora_rank}")
+
+
+def control_fully_trained(control, rca: bool) -> list[str]:
+    """The control model's modules that train in full beside a LoRA: the ones SeAda adds to Stable Diffusion's
+    encoder copy (no SD weights to adapt: the mapper, conv_in widened for c_f, the zero convs) and, when the stage
+    trains them, the RCA blocks."""
+    net = control.controlnet
+    names = ["mapper", "controlnet.conv_in", "controlnet.controlnet_mid_block"]
+    names += [f"controlnet.controlnet_down_blocks.{i}" for i in range(len(net.controlnet_down_blocks))]
+    if rca and control.rca is not None:
+        names += [f"rca.{i}" for i in range(len(control.rca))]
+    return names
 
 
 def stage_plan(stage: int) -> dict:
@@ -168,6 +197,9 @@ class SeAdaTask:
         control.requires_grad_(plan["control"]).train(plan["control"])
         if control.rca is not None:
             control.rca.requires_grad_(plan["control"] and plan["rca"])
+        if plan["control"] and self.config.lora_rank > 0:
+            add_lora(control, self.config, fully_trained=control_fully_trained(control, plan["rca"]),
+                     within=["controlnet"])
         for module, trains in ((adapter, plan["adapter"]), (control, plan["control"])):
             place_frozen(module, device, None if trains else self.weight_dtype, self.kept)
             if trains and self.config.gradient_checkpointing:
@@ -210,12 +242,28 @@ class SeAdaTask:
         return validation_grid(self._pipeline(modules), config)
 
     def export(self, modules: dict[str, nn.Module], path: Path) -> None:
+        """The model folder (LoRA fused); with lora_rank > 0 also output_dir/lora/, the diffusers LoRA file."""
         from colordiff.pipelines.assemble import save_pipeline_atomically
 
+        lora_file, control = None, modules.get("control")
+        if control is not None and self.config.lora_rank > 0:
+            lora_file = save_lora_file(path.parent / "lora", {"control": control})
+            modules = {**modules, "control": fused(control)}
         pipe = self._pipeline(modules)
         for part in (pipe.vae, pipe.unet, pipe.control, pipe.adapter):
             restore_frozen(part, self.kept)
-        save_pipeline_atomically(pipe, path)
+        save_pipeline_atomically(pipe, path, card=training_card(self.config, self._trained(), lora_file))
+
+    def _trained(self) -> dict[str, str]:
+        """{component: how this stage trained it}, for the model card."""
+        stage, config = f"stage {STAGE_NAMES[self.config.stage]}: ", self.config
+        trained = {}
+        if self.plan["control"]:
+            parts = "mapper, conv_in, zero convs" + (" and RCA" if self.plan["rca"] else "")
+            trained["control"] = stage + how_trained(config, "train_seada.py", lora_also=f" ({parts} in full)")
+        if self.plan["adapter"]:
+            trained["adapter"] = stage + f"parts (a) + (c), full fine-tune, {config.max_train_steps} steps"
+        return trained
 
     def _pipeline(self, modules) -> SeAdaPipeline:
         pipe = self.pipe

@@ -14,20 +14,26 @@ from colordiff.training.common import (
     batch_moments,
     build_dataset,
     export_pipeline,
+    how_trained,
     latent_dataset,
     load_base_pipeline,
     noise_schedulers,
     place_frozen,
     restore_frozen,
+    training_card,
     validation_grid,
 )
 from colordiff.training.config import NoiseScheduleConfig, TrainConfig
 from colordiff.training.loop import make_accelerator, train
+from colordiff.training.lora import LoraSettings, add_lora, fused, save_lora_file
 from colordiff.training.losses import diffusion_loss
+
+# trained fully beside a LoRA: the concat conv has no Stable Diffusion weights to adapt (its z_c half starts at zero)
+FULLY_TRAINED = ["condition_fuse"]
 
 
 @dataclass
-class TrainUNetConfig(NoiseScheduleConfig, TrainConfig):
+class TrainUNetConfig(LoraSettings, NoiseScheduleConfig, TrainConfig):
     output_dir: str = "outputs/train_unet"
     conditioning_dropout: float = 0.05  # probability of training on the empty prompt (classifier-free guidance)
     latents_cache: str | None = None  # precomputed VAE latents (scripts/precompute_latents.py): no VAE per step
@@ -36,7 +42,8 @@ class TrainUNetConfig(NoiseScheduleConfig, TrainConfig):
 
 
 class UNetTask:
-    """Trainable: the U-Net with its 1x1 fuse conv. Frozen: the VAE and the CLIP text encoder."""
+    """Trainable: the U-Net with its 1x1 fuse conv (lora_rank > 0: a LoRA on the U-Net and the fuse conv in full).
+    Frozen: the VAE and the CLIP text encoder."""
 
     def __init__(self, config: TrainUNetConfig, accelerator):
         self.config, self.accelerator = config, accelerator
@@ -50,6 +57,8 @@ class UNetTask:
             place_frozen(frozen.requires_grad_(False).eval(), accelerator.device, weight_dtype, self.kept)
         self.weight_dtype = weight_dtype
         unet = self.pipe.unet.train()
+        if config.lora_rank > 0:
+            add_lora(unet, config, fully_trained=FULLY_TRAINED)
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         if config.latents_cache:  # the VAE stays loaded for validation, but no step encodes with it
@@ -80,9 +89,15 @@ class UNetTask:
         return validation_grid(pipe, config)
 
     def export(self, modules: dict[str, nn.Module], path: Path) -> None:
+        """The model folder (LoRA fused); with lora_rank > 0 also output_dir/lora/, the diffusers LoRA file."""
         for frozen in (self.pipe.vae, self.pipe.text_encoder):
             restore_frozen(frozen, self.kept)
-        export_pipeline(self._pipeline(modules), path)
+        unet, lora_file = modules["unet"], None
+        if self.config.lora_rank > 0:
+            lora_file = save_lora_file(path.parent / "lora", {"unet": unet})
+        how = how_trained(self.config, "train_unet.py, Eq.2", lora_also=" (condition_fuse trained in full)")
+        export_pipeline(self._pipeline({"unet": fused(unet)}), path,
+                        card=training_card(self.config, {"unet": how}, lora_file))
 
     def _pipeline(self, modules):
         from colordiff.pipelines import ColorDiffPipeline

@@ -1,0 +1,192 @@
+"""The Gradio page of `colordiff demo` around a Colorizer (gradio is imported here, only when the app runs).
+
+Layout: uploads, the Colorize button and the settings on the left; the before/after slider, the gallery of results
+(captioned with their seeds) and the downloads on the right; below, the priors panel of one image (caption, category,
+prompt, instance masks) whose edits re-run that image. Colorize and Re-run share one queue of concurrency 1 (one
+model on one device); each shows a progress bar per denoising step. What goes wrong is a message in the page.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the demo never reports usage anywhere
+
+import gradio as gr  # noqa: E402 - after the analytics switch
+
+from colordiff.demo.core import Colorizer, DemoError, PriorEdits, Session  # noqa: E402
+from colordiff.demo.view import (  # noqa: E402
+    gallery_items,
+    instance_labels,
+    instance_overlay,
+    instances_on,
+    priors_summary,
+    result_at,
+    shown_priors,
+    status_text,
+)
+from colordiff.schedulers import SCHEDULERS  # noqa: E402
+from colordiff.semantics.generators import PRIOR_CHOICES  # noqa: E402
+
+MODEL_SCHEDULER = "model's own"
+# the page's controls, in the order the events take them: ColorizeConfig's keys
+CONTROL_KEYS = ("steps", "scheduler", "guidance_scale", "seg_strength", "priors", "keep_luminance", "seed",
+                "resolution", "num_samples", "prompt")
+ERROR_SECONDS = 20  # how long an error message stays (it can be closed earlier)
+LOCAL_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page works offline
+
+
+def build_app(colorizer: Colorizer) -> gr.Blocks:
+    """The Blocks app; queue it and launch it with `launch`."""
+    c = colorizer.config
+    with gr.Blocks(title="colordiff demo", analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as app:
+        state = gr.State(None)
+        gr.Markdown(f"## colordiff demo\n{colorizer.method} model `{c.model}` on {colorizer.device.type}. "
+                    "Upload black-and-white photos (or color ones: only their lightness is used) and press "
+                    "Colorize.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(label="Photos (and NAME.priors.json sidecars to reuse priors)", file_count="multiple",
+                                file_types=["image", ".json"], elem_id="uploads")
+                run = gr.Button("Colorize", variant="primary", elem_id="colorize")
+                status = gr.Markdown("Nothing colorized yet.", label="Status", elem_id="status")
+                with gr.Accordion("Settings", open=True):
+                    controls = _controls(colorizer)
+            with gr.Column(scale=2):
+                slider = gr.ImageSlider(label="Before / after", type="pil", format="png", elem_id="slider",
+                                        interactive=False)
+                gallery = gr.Gallery(label="Results (file · seed · sample)", columns=4, fit_columns=False,
+                                     object_fit="contain", elem_id="results", interactive=False)
+                downloads = gr.File(label="Downloads (PNG at the input's size, priors JSON, zip)",
+                                    file_count="multiple", interactive=False, elem_id="downloads")
+        with gr.Accordion("Semantic priors of one image: edit and re-run", open=True):
+            pick = gr.Dropdown(label="Image", choices=[], elem_id="pick", interactive=True)
+            summary = gr.Markdown("**Priors used:** (colorize a photo first)", label="Priors used", elem_id="priors")
+            with gr.Row():
+                caption = gr.Textbox(label="Caption (used instead of the captioner's)", elem_id="caption")
+                category = gr.Textbox(label="Category", elem_id="category",
+                                      visible=colorizer.method != "SeAda")
+            overlay = gr.AnnotatedImage(label="Instances", elem_id="overlay", height=360,
+                                        visible=colorizer.method != "SeAda")
+            switched = gr.CheckboxGroup(label="Instances used (untick to switch one off)", choices=[],
+                                        elem_id="instances", visible=colorizer.method != "SeAda")
+            rerun = gr.Button("Re-run this image with these priors", elem_id="rerun")
+
+        shown = [state, slider, gallery, downloads, status, pick, summary, caption, category, overlay, switched]
+
+        def on_colorize(photos, steps, scheduler, guidance_scale, seg_strength, priors, keep_luminance, seed,
+                        resolution, num_samples, prompt, progress=gr.Progress()):  # noqa: B008 - how gradio asks for a bar
+            """Colorize the uploaded photos (the `/colorize` API: the controls' values, in this order)."""
+            values = (steps, scheduler, guidance_scale, seg_strength, priors, keep_luminance, seed, resolution,
+                      num_samples, prompt)
+            try:
+                settings = _settings(colorizer, values)
+                session = colorizer.start(list(photos or []), settings, report=_reporter(progress))
+            except DemoError as err:
+                raise gr.Error(str(err), duration=ERROR_SECONDS) from None
+            for message in session.messages:
+                gr.Warning(message)
+            return present(session, 0)
+
+        def on_rerun(session, image, caption, category, instances, steps, scheduler, guidance_scale, seg_strength,
+                     priors, keep_luminance, seed, resolution, num_samples, prompt, progress=gr.Progress()):  # noqa: B008 - how gradio asks for a bar
+            """Colorize image `image` (its index) again with the caption, category and instances given."""
+            if session is None or image is None:
+                raise gr.Error("colorize an upload first", duration=ERROR_SECONDS)
+            values = (steps, scheduler, guidance_scale, seg_strength, priors, keep_luminance, seed, resolution,
+                      num_samples, prompt)
+            try:
+                settings = _settings(colorizer, values)
+                index = int(image)
+                has_instances = bool(instance_labels(session.uploads[index].available)) if index < len(
+                    session.uploads) else False
+                edits = PriorEdits(caption=caption, category=category,
+                                   instances_on=list(instances or []) if has_instances else None)
+                session = colorizer.rerun(session, index, settings, edits, report=_reporter(progress))
+            except DemoError as err:
+                raise gr.Error(str(err), duration=ERROR_SECONDS) from None
+            return present(session, index)
+
+        def present(session: Session, index: int, sample: int = 0):
+            upload = session.uploads[index]
+            return (session, (upload.gray, upload.results[sample]), gallery_items(session),
+                    [str(p) for p in session.downloads()], status_text(session),
+                    gr.update(choices=[(u.name, i) for i, u in enumerate(session.uploads)], value=index),
+                    *panel(session, index))
+
+        def panel(session: Session | None, index):
+            if session is None or index is None:
+                return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+            upload = session.uploads[int(index)]
+            priors = shown_priors(upload)
+            labels = instance_labels(upload.available)
+            return (priors_summary(upload, colorizer.method), (priors.caption or "") if priors else "",
+                    (priors.category or "") if priors else "", instance_overlay(upload),
+                    gr.update(choices=[(label, i) for i, label in enumerate(labels)], value=instances_on(upload)))
+
+        def on_select(session: Session | None, event: gr.SelectData):
+            if session is None:
+                return gr.update(), gr.update()
+            index, sample = result_at(session, event.index)
+            upload = session.uploads[index]
+            return (upload.gray, upload.results[sample]), gr.update(value=index)
+
+        device_queue = {"concurrency_limit": 1, "concurrency_id": "device", "show_progress_on": [slider]}
+        run.click(on_colorize, [files, *controls], shown, api_name="colorize", **device_queue)
+        rerun.click(on_rerun, [state, pick, caption, category, switched, *controls], shown, api_name="rerun",
+                    **device_queue)
+        pick.input(panel, [state, pick], [summary, caption, category, overlay, switched], api_visibility="private")
+        gallery.select(on_select, [state], [slider, pick], api_visibility="private").then(
+            panel, [state, pick], [summary, caption, category, overlay, switched], api_visibility="private")
+    return app
+
+
+def _controls(colorizer: Colorizer) -> list:
+    """The settings controls, in CONTROL_KEYS order, starting at the loaded config's values."""
+    c = colorizer.config
+    seada = colorizer.method == "SeAda"
+    with gr.Row():
+        steps = gr.Slider(1, 200, value=c.steps, step=1, label="Steps", elem_id="steps")
+        scheduler = gr.Dropdown([MODEL_SCHEDULER, *SCHEDULERS], value=c.scheduler or MODEL_SCHEDULER,
+                                label="Scheduler", elem_id="scheduler")
+    with gr.Row():
+        guidance = gr.Slider(0, 20, value=c.guidance_scale, step=0.1, label="Guidance scale", elem_id="guidance")
+        strength = gr.Slider(0, 1, value=c.seg_strength, step=0.05, label="Segmentation strength",
+                             info="not used by SeAda" if seada else "0 turns segmentation guidance off",
+                             elem_id="seg_strength")
+    with gr.Row():
+        priors = gr.Dropdown(list(PRIOR_CHOICES), value=c.priors, label="Priors", elem_id="priors_choice",
+                             info="auto: every generator the model records")
+        keep = gr.Checkbox(value=c.keep_luminance, label="Keep luminance (the input's exact lightness)",
+                           elem_id="keep_luminance")
+    with gr.Row():
+        seed = gr.Number(value=c.seed, precision=0, label="Seed", elem_id="seed")
+        resolution = gr.Number(value=c.resolution, precision=0, label="Resolution (working side, multiple of 8)",
+                               elem_id="resolution")
+        samples = gr.Slider(1, 8, value=c.num_samples, step=1, label="Samples", elem_id="num_samples")
+    prompt = gr.Textbox(value=c.prompt or "", label="Prompt override (empty: the automatic prompt from the priors)",
+                        elem_id="prompt")
+    return [steps, scheduler, guidance, strength, priors, keep, seed, resolution, samples, prompt]
+
+
+def _settings(colorizer: Colorizer, values):
+    """The run settings from the controls' values (MODEL_SCHEDULER: the model folder's own scheduler)."""
+    named = dict(zip(CONTROL_KEYS, values, strict=True))
+    if named["scheduler"] in (None, MODEL_SCHEDULER):
+        named["scheduler"] = None
+    return colorizer.settings(**named)
+
+
+def _reporter(progress):
+    """The core's step reports as the page's progress bar."""
+    return lambda done, total: progress((done, total), desc="Denoising", unit="steps")
+
+
+def launch(app: gr.Blocks, colorizer: Colorizer, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           block: bool = True):
+    """Queue (concurrency 1) and serve the app; blocks until Ctrl-C unless `block` is False."""
+    app.queue(default_concurrency_limit=1)
+    theme = gr.themes.Default(font=LOCAL_FONTS, font_mono=["ui-monospace", "monospace"])
+    return app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                      max_file_size=f"{colorizer.config.max_upload_mb}mb", allowed_paths=[str(colorizer.workdir)],
+                      ssr_mode=False, show_error=False, quiet=True, theme=theme, footer_links=["api"])
