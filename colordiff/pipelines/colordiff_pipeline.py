@@ -21,19 +21,11 @@ from colordiff.models import ConcatUNet2DConditionModel, LuminanceAwareAutoencod
 from colordiff.pipelines.call_args import (
     StepCallback,
     batch_noise,
-    check_output_type,
-    check_texts_or_embeds,
-    group_indices,
-    input_images,
-    output_generators,
-    output_latents,
     per_image,
     per_image_embeds,
-    repeat_each,
-    stack_outputs,
 )
-from colordiff.pipelines.conventions import ColorizationPipelineMixin, TextCondition, timestep_count
-from colordiff.pipelines.images import ImageInput, Luminance, finish_image, luminance_of, working_gray, working_size
+from colordiff.pipelines.conventions import ColorizationPipelineMixin, TextCondition
+from colordiff.pipelines.images import ImageInput, Luminance, luminance_of, working_gray
 from colordiff.pipelines.recorded_priors import RecordsPriorGenerators, SafetensorsLoraLoaderMixin
 from colordiff.sampling import (
     SegmentationGuidance,
@@ -222,17 +214,11 @@ class ColorDiffPipeline(RecordsPriorGenerators, ColorizationPipelineMixin, Safet
                 replace the batch's. Images of different working sizes run as separate batches, each with its own
                 steps. Setting `pipe._interrupt = True` ends sampling (the latents so far are decoded).
         """
-        images = input_images(images, image)
-        check_output_type(output_type)
-        check_texts_or_embeds(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
-        StepCallback.check(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        count, outputs = len(images), len(images) * num_images_per_prompt
-        generators = output_generators(generator, outputs)
-        initial = output_latents(latents, outputs)
-        self._guidance_scale, self._interrupt = guidance_scale, False
-        self._num_timesteps = timestep_count(self.scheduler, num_inference_steps)
+        images, generators, initial = self._start_call(
+            images, image, output_type, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
+            callback_on_step_end_tensor_inputs, num_images_per_prompt, generator, latents, guidance_scale,
+            num_inference_steps)
+        count = len(images)
 
         device = self._execution_device  # color math runs there too: one upload per image, no round trips
         luminance = [luminance_of(im, device) for im in images]  # B x (1, 1, H, W), the only full-size tensors
@@ -253,29 +239,14 @@ class ColorDiffPipeline(RecordsPriorGenerators, ColorizationPipelineMixin, Safet
                             for p, text in zip(image_priors, prompts, strict=True)]
         _check_instances(instances, luminance)
 
-        owner = repeat_each(list(range(count)), num_images_per_prompt)  # output j colorizes image owner[j]
-        left = [num_images_per_prompt] * count  # outputs still to make of each image: its L is freed after the last
-        results: list = [None] * outputs
-        sizes = [working_size(*luminance[i].shape[-2:], resolution, self.size_multiple) for i in owner]
-        for size, indices in group_indices(sizes).items():  # outputs sharing a working size run as one batch
-            mine = [owner[j] for j in indices]
-            batch = self._colorize_batch(
-                [luminance[i] for i in mine], size,
-                TextCondition([prompts[i] for i in mine], None if embeds is None else [embeds[i] for i in mine],
-                              [negatives[i] for i in mine],
-                              None if negative_embeds is None else [negative_embeds[i] for i in mine]),
-                [generators[j] for j in indices], [initial[j] for j in indices], num_inference_steps,
-                guidance_scale, [instances[i] for i in mine], seg_strength, eta, output_type == "latent",
-                callback_on_step_end, callback_on_step_end_tensor_inputs,
-            )  # (b, 3, h, w) RGB, or (b, 4, h/8, w/8) latents
-            for j, i, out in zip(indices, mine, batch, strict=True):
-                results[j] = out if output_type == "latent" else finish_image(luminance[i], out, keep_luminance,
-                                                                              output_type)
-                left[i] -= 1
-                if left[i] == 0:
-                    luminance[i] = None  # done with this image's full-size L
-        self.maybe_free_model_hooks()
-        results = stack_outputs(results, output_type)
+        texts = TextCondition(prompts, embeds, negatives, negative_embeds)
+        results = self._colorize_outputs(luminance, num_images_per_prompt, resolution, keep_luminance, output_type,
+                                         lambda size, mine, indices: self._colorize_batch(
+                                             [luminance[i] for i in mine], size, texts.take(mine),
+                                             [generators[j] for j in indices], [initial[j] for j in indices],
+                                             num_inference_steps, guidance_scale, [instances[i] for i in mine],
+                                             seg_strength, eta, output_type == "latent", callback_on_step_end,
+                                             callback_on_step_end_tensor_inputs))
         return ColorDiffPipelineOutput(images=results, priors=image_priors) if return_dict else (results,)
 
     def _priors_for(self, images, priors: PriorsInput, text_needed: bool) -> list[ImagePriors] | None:
