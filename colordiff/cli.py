@@ -16,20 +16,16 @@ import argparse
 import sys
 
 from colordiff import __version__
+from colordiff.cli_options import add_model_options, default_text
 from colordiff.colorize import ColorizeConfig
 from colordiff.config import ConfigError, dotlist_value, error_line, is_override, load_config
 from colordiff.demo_cli import add_demo_parser, run_demo_command
 from colordiff.errors import EXIT_OK, EXIT_USAGE, UsageError
 from colordiff.evaluate import EvalConfig
 from colordiff.init_model import BASE_MODELS
-from colordiff.schedulers import SCHEDULERS
 from colordiff.video.cli import VIDEO_COMMANDS, add_video_parsers, run_video_command
 
 COLORIZE_DEFAULTS, EVAL_DEFAULTS = ColorizeConfig(), EvalConfig()
-
-
-def _default(value) -> str:
-    return f"(default: {value!r})" if isinstance(value, str) else f"(default: {value})"
 
 
 def _colorize_parser(commands) -> None:
@@ -40,42 +36,16 @@ def _colorize_parser(commands) -> None:
         "then the flags, then positional key=value overrides of ColorizeConfig's keys (colordiff/colorize.py).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, and key=value overrides")
     p.add_argument("-o", "--output-dir", dest="output_dir", help="output folder (required)")
-    p.add_argument("--model", help="model folder or hub id (required)")
-    p.add_argument("--config", action="append", default=[], help="YAML settings, applied in order (repeatable)")
-    p.add_argument("--steps", type=int, help=f"sampling steps (paper 000: DDIM, 50) {_default(d.steps)}")
-    p.add_argument("--scheduler", choices=list(SCHEDULERS),
-                   help="sampler, built from the model's own scheduler config (default: the model folder's, DDIM "
-                   "for the models colordiff writes)")
-    p.add_argument("--guidance-scale", dest="guidance_scale", type=float,
-                   help=f"classifier-free guidance scale {_default(d.guidance_scale)}")
-    p.add_argument("--seed", type=int, help=f"with each file's relative path and sample index, fixes its output "
-                   f"{_default(d.seed)}")
+    add_model_options(p, d, seed_help="with each file's relative path and sample index, fixes its output",
+                      batch_help="images (files x samples) per U-Net batch")
     p.add_argument("--num-samples", dest="num_samples", type=int,
-                   help=f"outputs per input, named _0 ... _N-1 when N > 1 {_default(d.num_samples)}")
-    p.add_argument("--resolution", type=int, help=f"working side in pixels (a multiple of 8), aspect kept, sides "
-                   f"rounded to the model's size multiple (64 for SD1.5) {_default(d.resolution)}")
-    p.add_argument("--batch-size", dest="batch_size", type=int,
-                   help=f"images (files x samples) per U-Net batch {_default(d.batch_size)}")
-    p.add_argument("--prompt", help="text condition replacing the automatic one (default: caption and category "
-                   "priors when the model records them, else \"\")")
+                   help=f"outputs per input, named _0 ... _N-1 when N > 1 {default_text(d.num_samples)}")
     p.add_argument("--keep-luminance", dest="keep_luminance", action=argparse.BooleanOptionalAction,
                    help=f"keep the input's exact Lab L; --no-keep-luminance returns the decoder's RGB "
-                   f"{_default(d.keep_luminance)}")
-    p.add_argument("--device", help=f"cpu, cuda, cuda:N; auto = this process's accelerator, else cpu "
-                   f"{_default(d.device)}")
-    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
-                   help=f"auto = bfloat16 on CUDA, float32 otherwise {_default(d.dtype)}")
-    p.add_argument("--overwrite", action="store_true", default=None,
-                   help=f"recompute finished outputs {_default(d.overwrite)}")
-    p.add_argument("--local-files-only", dest="local_files_only", action="store_true", default=None,
-                   help=f"never contact the hub for --model {_default(d.local_files_only)}")
-    p.add_argument("--priors", choices=["auto", "none", "caption", "category", "segmentation", "all"],
-                   help=f"semantic priors; auto = every generator the model records {_default(d.priors)}")
-    p.add_argument("--seg-strength", dest="seg_strength", type=float,
-                   help=f"segmentation guidance strength s in [0, 1]; 0 turns it off {_default(d.seg_strength)}")
+                   f"{default_text(d.keep_luminance)}")
     p.add_argument("--save-priors", dest="save_priors", action="store_true", default=None,
                    help=f"write a JSON sidecar per input (caption, category, prompt, instances with masks) "
-                   f"{_default(d.save_priors)}")
+                   f"{default_text(d.save_priors)}")
     p.add_argument("--captions", metavar="FILE",
                    help="JSONL of per-image captions (as scripts/caption.py writes; \"caption_gray\" or "
                    "\"caption\" per \"path\") used as the caption prior instead of a captioner (default: none)")
@@ -114,18 +84,18 @@ def _evaluate_parser(commands) -> None:
     p.add_argument("--config", action="append", default=[], help="YAML settings, applied in order (repeatable)")
     p.add_argument("--fid-weights", dest="fid_weights", help="local Inception weights file for FID (default: none)")
     p.add_argument("--fid-variant", dest="fid_variant",
-                   help=f"fidelity = torch-fidelity's FID, torchvision = CT2's script {_default(d.fid_variant)}")
-    p.add_argument("--size", type=int, help=f"evaluation side in pixels, 0 = native {_default(d.protocol.size)}")
+                   help=f"fidelity = torch-fidelity's FID, torchvision = CT2's script {default_text(d.fid_variant)}")
+    p.add_argument("--size", type=int, help=f"evaluation side in pixels, 0 = native {default_text(d.protocol.size)}")
     p.add_argument("--crop", choices=["center", "stretch"], help=f"how images reach size x size "
-                   f"{_default(d.protocol.crop)}")
+                   f"{default_text(d.protocol.crop)}")
     p.add_argument("--resample", choices=["bicubic", "bilinear", "lanczos", "cv2"],
-                   help=f"resize filter; cv2 = cv2.resize INTER_LINEAR as DDColor {_default(d.protocol.resample)}")
+                   help=f"resize filter; cv2 = cv2.resize INTER_LINEAR as DDColor {default_text(d.protocol.resample)}")
     p.add_argument("--crop-border", dest="crop_border", type=int,
-                   help=f"pixels cut from each border before PSNR and SSIM {_default(d.protocol.crop_border)}")
+                   help=f"pixels cut from each border before PSNR and SSIM {default_text(d.protocol.crop_border)}")
     p.add_argument("--on-size-mismatch", dest="on_size_mismatch", choices=["error", "resize"],
-                   help=f"a prediction whose size differs from its ground truth's {_default(d.on_size_mismatch)}")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help=f"pairs per batch {_default(d.batch_size)}")
-    p.add_argument("--device", help=f"where FID and LPIPS run; auto = CUDA when available {_default(d.device)}")
+                   help=f"a prediction whose size differs from its ground truth's {default_text(d.on_size_mismatch)}")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help=f"pairs per batch {default_text(d.batch_size)}")
+    p.add_argument("--device", help=f"where FID and LPIPS run; auto = CUDA when available {default_text(d.device)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

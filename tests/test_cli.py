@@ -102,7 +102,10 @@ def test_outputs_independent_of_batch_size_and_resume_completes(photos, tmp_path
     for name in GOOD:
         a = np.asarray(Image.open(whole / name), dtype=np.int16)
         b = np.asarray(Image.open(resumed / name), dtype=np.int16)
-        assert np.abs(a - b).max() <= 1, name  # equal up to a rounding flip
+        if Path(name).suffix == ".png":
+            assert np.abs(a - b).max() <= 1, name  # equal up to a rounding flip of the batched matmuls
+        else:  # JPEG re-quantizes: one flipped level before encoding moves a few pixels by a few levels
+            assert np.abs(a - b).max() <= 4 and (a != b).mean() < 0.01, name
 
 
 def test_num_samples_seed_and_overwrite(tmp_path, tiny_model_dir, capsys):

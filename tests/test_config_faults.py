@@ -232,6 +232,7 @@ def test_every_shipped_config_still_loads():
     from colordiff.colorize import ColorizeConfig
     from colordiff.reproduce import EvalSetConfig
     from colordiff.semantics import PriorsConfig
+    from colordiff.video.config import VideoConfig
 
     schemas = _schemas()
     loaded = 0
@@ -242,6 +243,8 @@ def test_every_shipped_config_still_loads():
             continue  # other schemas (scripts/benchmark.py and caption.py, the published tables, the miniature)
         if path.name == "colorize.yaml":
             load_config(ColorizeConfig, [path], ["model=m", "output_dir=o"])
+        elif relative.startswith("video/"):
+            load_config(VideoConfig, [path], ["model=m", "output_dir=o"])
         elif relative.startswith("semantics/"):
             load_config(PriorsConfig, [path])
         elif relative.startswith("eval/"):

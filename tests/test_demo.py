@@ -120,6 +120,9 @@ def browser(server, tmp_path_factory):
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         driver.get(server.url)
+        from selenium.webdriver.common.by import By
+
+        _wait(lambda: driver.find_element(By.ID, "colorize").is_displayed(), "the page to load")
         yield SimpleNamespace(driver=driver, downloads=downloads)
     finally:
         driver.quit()
@@ -397,6 +400,8 @@ def test_browser_bad_upload_message(browser, photos, tmp_path):
                  and "notes.png: not a recognised image format" in t and t, "the error message")
     assert "Traceback" not in text
     _screenshot(browser, tmp_path, "5_bad_upload")
+    for close in browser.driver.find_elements(By.CSS_SELECTOR, ".toast-close"):  # the later screenshots without it
+        close.click()
 
 
 def test_browser_priors_panel_edit_and_rerun(browser, photos, tmp_path):

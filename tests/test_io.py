@@ -205,10 +205,10 @@ def test_cmyk_jpeg_reads_as_rgb(tmp_path):
 
 def test_ycbcr_tiff_and_pa_mode(tmp_path):
     data = smooth()
-    Image.fromarray(data).convert("YCbCr").save(tmp_path / "ycc.tif")
-    assert Image.open(tmp_path / "ycc.tif").mode == "YCbCr"
-    image = read_image(tmp_path / "ycc.tif")
-    assert np.abs(image.rgb * 255 - data).max() <= 3  # only the rounding of the YCbCr transforms
+    # Pillow 12 cannot read back the YCbCr TIFFs it writes (it decodes them as RGB and runs out of data), so the
+    # converter gets the decoded YCbCr image directly
+    rgb, alpha, depth = cio._to_arrays(Image.fromarray(data).convert("YCbCr"))
+    assert np.abs(rgb * 255 - data).max() <= 3 and alpha is None and depth == 8  # only the YCbCr transforms' rounding
 
     # no format Pillow writes produces PA, so feed the converter directly
     pa = Image.fromarray(data).quantize(colors=8).convert("PA")

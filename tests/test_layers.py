@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("applications", (
         "colordiff.colorize", "colordiff.colorize_jobs", "colordiff.captions_file", "colordiff.init_model",
         "colordiff.evaluate", "colordiff.reproduce", "colordiff.training", "colordiff.mini", "colordiff.video",
-        "colordiff.demo",
+        "colordiff.demo", "colordiff.cli_options",
     )),
     ("command line", ("colordiff.cli", "colordiff.demo_cli")),
 ]

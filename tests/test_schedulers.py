@@ -27,11 +27,11 @@ def saved():
 
 
 def test_ddim_gives_the_outputs_saved_before_other_schedulers_existed(saved):
+    """The same up to float rounding: CPUs with other vector units (AVX2, AVX-512, AMX) round the tiny models' matmuls
+    differently, about 2e-6 here; another sampler or a changed step moves these outputs by more than 1e-3."""
     now = reference.outputs()
-    for name in ("colordiff_0", "colordiff_1", "seada_0", "seada_1"):
-        assert torch.equal(now[name], saved[name]), name  # bit for bit
-    for name in ("colordiff_seg_0", "colordiff_seg_1"):  # Eq.5 now composites noise: the same up to rounding
-        torch.testing.assert_close(now[name], saved[name], rtol=0, atol=1e-5)
+    for name in ("colordiff_0", "colordiff_1", "seada_0", "seada_1", "colordiff_seg_0", "colordiff_seg_1"):
+        torch.testing.assert_close(now[name], saved[name], rtol=0, atol=1e-5, msg=name)
 
 
 def _colorize(pipe, images=None, seeds=(1, 2), steps=4, priors="none", prompts=None, **kwargs):

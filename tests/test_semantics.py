@@ -267,14 +267,19 @@ def test_model_folder_records_its_generators(model_with_priors, tmp_path):
     for a, b in zip(auto.images, reused.images, strict=True):
         np.testing.assert_array_equal(a, b)  # precomputed priors (a sidecar's JSON) reproduce the run
 
-    pipe.save_pretrained(tmp_path / "copy")  # recorded again, with absolute folders: the copy works anywhere
+    pipe.save_pretrained(tmp_path / "copy")  # the generator folders travel inside the copy: it works anywhere
     shutil.move(tmp_path / "copy", tmp_path / "moved")
-    copy = load_pipeline(tmp_path / "moved")
-    assert copy.prior_generators.available == pipe.prior_generators.available
-    for spec in (copy.prior_generators.config.captioner, copy.prior_generators.config.segmenter):
-        assert spec.source == str(model_with_priors.resolve() / "priors" / spec.source.rsplit("/", 1)[-1])
-    assert copy.prior_generators.generator("category").model.config.id2label == \
-        pipe.prior_generators.generator("category").model.config.id2label
+    original = model_with_priors / "priors"
+    original.rename(tmp_path / "away")  # the copy must not reach back to the original folders
+    try:
+        copy = load_pipeline(tmp_path / "moved")
+        assert copy.prior_generators.available == pipe.prior_generators.available
+        for spec in (copy.prior_generators.config.captioner, copy.prior_generators.config.segmenter):
+            assert spec.source == f"priors/{spec.source.rsplit('/', 1)[-1]}"  # recorded relative to the copy
+        assert copy.prior_generators.generator("category").model.config.id2label == \
+            pipe.prior_generators.generator("category").model.config.id2label
+    finally:
+        (tmp_path / "away").rename(original)
 
 
 def test_missing_generator_is_a_clear_error(model_with_priors, tiny_model_dir, tmp_path):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from colordiff.cli_options import add_model_options, default_text
 from colordiff.config import ConfigError, dotlist_value, is_override, load_config
-from colordiff.schedulers import SCHEDULERS
 from colordiff.video.config import FLOW_METHODS, FORMATS, EvalVideoConfig, VideoConfig
 
 VIDEO_COMMANDS = ("colorize-video", "evaluate-video")
@@ -28,10 +28,6 @@ COLORIZE_FLAGS = {
 EVAL_FLAGS = {"pred": "pred", "gt": "gt", "json": "json", "flow": "flow", "raft_weights": "raft_weights"}
 
 
-def _default(value) -> str:
-    return f"(default: {value!r})" if isinstance(value, str) else f"(default: {value})"
-
-
 def add_video_parsers(commands) -> None:
     """Add the two video subcommands to `commands` (argparse subparsers). Unknown positionals land in args.inputs."""
     p = commands.add_parser(
@@ -42,42 +38,25 @@ def add_video_parsers(commands) -> None:
         "see docs/video.md.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, frame folders, and key=value overrides")
     p.add_argument("-o", "--output-dir", dest="output_dir", help="output folder (required)")
-    p.add_argument("--model", help="model folder or hub id (required)")
-    p.add_argument("--config", action="append", default=[], help="YAML settings, applied in order (repeatable)")
+    add_model_options(p, D, seed_help="with the clip's path and the shot index, fixes a shot",
+                      batch_help="frames per model call with --temporal none")
     p.add_argument("--temporal", choices=["none", "flow"],
-                   help=f"flow: keyframes + propagation; none: every frame alone {_default(D.temporal)}")
+                   help=f"flow: keyframes + propagation; none: every frame alone {default_text(D.temporal)}")
     p.add_argument("--format", choices=list(FORMATS),
                    help=f"output container; auto = the input's own (frames folders: frames) "
-                   f"{_default(D.output.format)}")
+                   f"{default_text(D.output.format)}")
     p.add_argument("--lossless", action="store_true", default=None,
-                   help=f"FFV1 RGB in MKV instead of H.264 {_default(D.output.lossless)}")
-    p.add_argument("--crf", type=int, help=f"H.264 / VP9 constant rate factor {_default(D.output.crf)}")
+                   help=f"FFV1 RGB in MKV instead of H.264 {default_text(D.output.lossless)}")
+    p.add_argument("--crf", type=int, help=f"H.264 / VP9 constant rate factor {default_text(D.output.crf)}")
     p.add_argument("--keyframe-interval", dest="keyframe_interval", type=int,
-                   help=f"at most this many frames between model calls {_default(D.keyframes.interval)}")
-    p.add_argument("--flow", choices=list(FLOW_METHODS), help=f"optical flow {_default(D.flow.method)}")
-    p.add_argument("--raft-weights", dest="raft_weights", help="local safetensors file of torchvision's RAFT")
+                   help=f"at most this many frames between model calls {default_text(D.keyframes.interval)}")
+    p.add_argument("--flow", choices=list(FLOW_METHODS), help=f"optical flow {default_text(D.flow.method)}")
+    p.add_argument("--raft-weights", dest="raft_weights",
+                   help="local safetensors file of torchvision's RAFT, for --flow raft (default: none)")
     p.add_argument("--smooth", action="store_true", default=None,
-                   help=f"temporal smoothing of a/b along the flow {_default(D.smoothing.enabled)}")
+                   help=f"temporal smoothing of a/b along the flow {default_text(D.smoothing.enabled)}")
     p.add_argument("--shot-threshold", dest="shot_threshold", type=float,
-                   help=f"luma change that makes a cut, in (0, 1] {_default(D.shots.threshold)}")
-    p.add_argument("--steps", type=int, help=f"sampling steps {_default(D.steps)}")
-    p.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default: the model folder's)")
-    p.add_argument("--guidance-scale", dest="guidance_scale", type=float,
-                   help=f"classifier-free guidance scale {_default(D.guidance_scale)}")
-    p.add_argument("--seed", type=int, help=f"with the clip's path and the shot index, fixes a shot {_default(D.seed)}")
-    p.add_argument("--resolution", type=int, help=f"the model's working side {_default(D.resolution)}")
-    p.add_argument("--batch-size", dest="batch_size", type=int,
-                   help=f"frames per model call with --temporal none {_default(D.batch_size)}")
-    p.add_argument("--prompt", help="text condition replacing the automatic one")
-    p.add_argument("--priors", choices=["auto", "none", "caption", "category", "segmentation", "all"],
-                   help=f"semantic priors of the keyframes {_default(D.priors)}")
-    p.add_argument("--seg-strength", dest="seg_strength", type=float,
-                   help=f"segmentation guidance strength {_default(D.seg_strength)}")
-    p.add_argument("--device", help=f"cpu, cuda, cuda:N {_default(D.device)}")
-    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], help=f"{_default(D.dtype)}")
-    p.add_argument("--overwrite", action="store_true", default=None, help="recompute finished outputs")
-    p.add_argument("--local-files-only", dest="local_files_only", action="store_true", default=None,
-                   help="never contact the hub for --model")
+                   help=f"luma change that makes a cut, in (0, 1] {default_text(D.shots.threshold)}")
 
     e = commands.add_parser(
         "evaluate-video", help="flicker of a colorized video (temporal warping error), and colorfulness / PSNR",
@@ -88,7 +67,8 @@ def add_video_parsers(commands) -> None:
     e.add_argument("--gt", help="the color original (default: none)")
     e.add_argument("--json", help="write the results here; they are printed either way (default: none)")
     e.add_argument("--flow", choices=list(FLOW_METHODS), help="optical flow (default: 'dis')")
-    e.add_argument("--raft-weights", dest="raft_weights", help="local safetensors file of torchvision's RAFT")
+    e.add_argument("--raft-weights", dest="raft_weights",
+                   help="local safetensors file of torchvision's RAFT, for --flow raft (default: none)")
     e.add_argument("--config", action="append", default=[], help="YAML settings, applied in order (repeatable)")
 
 
