@@ -25,7 +25,7 @@ from colordiff.cli import build_parser, main
 from colordiff.color import rgb_to_lab
 from colordiff.config import ConfigError, load_config
 from colordiff.demo.core import Colorizer, DemoConfig, DemoError, PriorEdits, read_upload, unique_names
-from colordiff.demo.view import gallery_items, instance_overlay, priors_summary, result_at
+from colordiff.demo.view import gallery_items, instance_overlay, priors_summary, result_at, status_text
 from colordiff.demo_cli import demo_config
 from colordiff.semantics.priors import ImagePriors, Instances
 
@@ -78,6 +78,22 @@ def photos(tmp_path_factory) -> SimpleNamespace:
     sidecar.write_text(json.dumps(_given_priors().to_dict()))
     return SimpleNamespace(one=_photo(root / "kodim05.png"), two=_photo(root / "street.png", "usgov_street.jpg",
                                                                           (80, 64)), bad=bad, sidecar=sidecar)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A 12-frame camera pan over a real photo, 96 x 64, H.264 in MP4."""
+    from colordiff.video.synthetic import camera_frames, write_clip
+
+    photo = np.asarray(Image.open(EXAMPLES / "kodim05.jpg").convert("RGB"))
+    return write_clip(tmp_path_factory.mktemp("clip") / "pan.mp4", camera_frames(photo, (96, 64), 12), rate=12)
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +281,34 @@ def test_seada_model_runs_in_the_same_app(tmp_path, photos):
     assert session.uploads[0].used.extra["prompt"] == "a man on a motorbike"
 
 
+def test_video_upload_is_the_colorize_video_result(colorizer, clip, photos, tiny_model_dir, tmp_path):
+    reports = []
+    session = colorizer.start([clip, photos.one], colorizer.settings(seed=2),
+                              report=lambda done, total, unit="steps": reports.append((done, total, unit)))
+    assert [p.name for p in session.downloads()] == ["kodim05.png", "pan.mp4", "colorized.zip"]
+    assert reports[:2] == [(1, 2, "steps"), (2, 2, "steps")] and reports[-1] == (12, 12, "frames")
+    video = session.videos[0]
+    assert video.frames == 12 and video.gray.size == video.first.size == (96, 64)
+    assert main(["colorize-video", str(clip), "-o", str(tmp_path / "cli"), "--model", str(tiny_model_dir),
+                 "--seed", "2", "--format", "mp4", "--steps", "2", "--resolution", "64"]) == 0
+    ours, theirs = _frames(video.path), _frames(tmp_path / "cli" / "pan.mp4")
+    assert len(ours) == 12 and all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    np.testing.assert_array_equal(np.asarray(video.first), ours[0])
+    with zipfile.ZipFile(session.archive) as archive:
+        assert sorted(archive.namelist()) == ["kodim05.png", "kodim05.priors.json", "pan.mp4"]
+    assert "and 1 video (12 frames)" in status_text(session)
+
+
+def test_bad_or_long_videos_are_messages(colorizer, clip, photos, tmp_path):
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("not a video")
+    session = colorizer.start([fake, photos.one], colorizer.settings())
+    assert len(session.messages) == 1 and session.messages[0].startswith("fake.mp4: not a readable video")
+    assert [p.name for p in session.downloads()] == ["kodim05.png", "kodim05.priors.json"]
+    with pytest.raises(DemoError, match=r"^pan.mp4: 12 frames; the demo takes videos of at most 5 frames"):
+        colorizer.start([clip], colorizer.settings(max_video_frames=5))
+
+
 # -- the API, without a browser -----------------------------------------------------------------------------------
 def test_api_round_trip(server, photos, tmp_path):
     from gradio_client import Client, handle_file
@@ -276,11 +320,11 @@ def test_api_round_trip(server, photos, tmp_path):
     args = dict(steps=2, scheduler="model's own", guidance_scale=7.5, seg_strength=0.3, priors="auto",
                 keep_luminance=True, resolution=64, num_samples=1, prompt="")
     outputs = client.predict([handle_file(str(photos.one))], seed=0, **args, api_name="/colorize")
-    downloads = [Path(p) for p in outputs[2]]
+    downloads = [Path(p) for p in outputs[3]]  # slider, gallery, video, downloads, ... (no state)
     assert [p.name for p in downloads] == ["kodim05.png", "kodim05.priors.json"]
     assert Image.open(downloads[0]).size == Image.open(photos.one).size
     assert np.abs(_L(downloads[0]) - _L(photos.one)).max() < 1.0
-    again = Path(client.predict([handle_file(str(photos.one))], seed=1, **args, api_name="/colorize")[2][0])
+    again = Path(client.predict([handle_file(str(photos.one))], seed=1, **args, api_name="/colorize")[3][0])
     assert not np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(downloads[0])))
     with pytest.raises(Exception, match="notes.png: not a recognised image format"):
         client.predict([handle_file(str(photos.bad))], seed=0, **args, api_name="/colorize")
@@ -428,6 +472,19 @@ def test_browser_priors_panel_edit_and_rerun(browser, photos, tmp_path):
     sidecar = json.loads(_download(browser, "kodim05.priors.json").read_text())
     assert sidecar["caption"] == "a red barn" and "instances" not in sidecar
     _screenshot(browser, tmp_path, "8_rerun_edited")
+
+
+def test_browser_video_upload_plays_and_downloads(browser, clip, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    _upload(browser, [clip])
+    _colorize(browser, ["pan.mp4"])
+    _wait(lambda: browser.driver.find_element(By.CSS_SELECTOR, "#video video").get_attribute("src"), "the player")
+    _screenshot(browser, tmp_path, "9_video")
+    frames = _frames(_download(browser, "pan.mp4"))
+    assert len(frames) == 12 and frames[0].shape == (64, 96, 3)
+    assert browser.driver.find_element(By.ID, "status").text == "Colorized 1 video (12 frames)."
+    assert "colorize a photo first" in browser.driver.find_element(By.ID, "priors").text  # no image's priors
 
 
 def test_browser_two_uploads_give_two_results_and_a_zip(browser, photos, tmp_path):

@@ -1,9 +1,10 @@
 """The Gradio page of `colordiff demo` around a Colorizer (gradio is imported here, only when the app runs).
 
 Layout: uploads, the Colorize button and the settings on the left; the before/after slider, the gallery of results
-(captioned with their seeds) and the downloads on the right; below, the priors panel of one image (caption, category,
-prompt, instance masks) whose edits re-run that image. Colorize and Re-run share one queue of concurrency 1 (one
-model on one device); each shows a progress bar per denoising step. What goes wrong is a message in the page.
+(captioned with their seeds), the player of a colorized video and the downloads on the right; below, the priors
+panel of one image (caption, category, prompt, instance masks) whose edits re-run that image. Colorize and Re-run
+share one queue of concurrency 1 (one model on one device); each shows a progress bar per denoising step (per frame
+for a video). What goes wrong is a message in the page.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def build_app(colorizer: Colorizer) -> gr.Blocks:
                     "Colorize.")
         with gr.Row():
             with gr.Column(scale=1):
-                files = gr.File(label="Photos (and NAME.priors.json sidecars to reuse priors)", file_count="multiple",
-                                file_types=["image", ".json"], elem_id="uploads")
+                files = gr.File(label="Photos or videos (and NAME.priors.json sidecars to reuse priors)",
+                                file_count="multiple", file_types=["image", "video", ".json"], elem_id="uploads")
                 run = gr.Button("Colorize", variant="primary", elem_id="colorize")
                 status = gr.Markdown("Nothing colorized yet.", label="Status", elem_id="status")
                 with gr.Accordion("Settings", open=True):
@@ -57,7 +58,9 @@ def build_app(colorizer: Colorizer) -> gr.Blocks:
                                         interactive=False)
                 gallery = gr.Gallery(label="Results (file · seed · sample)", columns=4, fit_columns=False,
                                      object_fit="contain", elem_id="results", interactive=False)
-                downloads = gr.File(label="Downloads (PNG at the input's size, priors JSON, zip)",
+                video = gr.Video(label="Colorized video (first upload)", elem_id="video", interactive=False,
+                                 visible=False)
+                downloads = gr.File(label="Downloads (PNG or MP4 at the input's size, priors JSON, zip)",
                                     file_count="multiple", interactive=False, elem_id="downloads")
         with gr.Accordion("Semantic priors of one image: edit and re-run", open=True):
             pick = gr.Dropdown(label="Image", choices=[], elem_id="pick", interactive=True)
@@ -72,7 +75,8 @@ def build_app(colorizer: Colorizer) -> gr.Blocks:
                                         elem_id="instances", visible=colorizer.method != "SeAda")
             rerun = gr.Button("Re-run this image with these priors", elem_id="rerun")
 
-        shown = [state, slider, gallery, downloads, status, pick, summary, caption, category, overlay, switched]
+        shown = [state, slider, gallery, video, downloads, status, pick, summary, caption, category, overlay,
+                 switched]
 
         def on_colorize(photos, steps, scheduler, guidance_scale, seg_strength, priors, keep_luminance, seed,
                         resolution, num_samples, prompt, progress=gr.Progress()):  # noqa: B008 - how gradio asks for a bar
@@ -108,15 +112,22 @@ def build_app(colorizer: Colorizer) -> gr.Blocks:
             return present(session, index)
 
         def present(session: Session, index: int, sample: int = 0):
-            upload = session.uploads[index]
-            return (session, (upload.gray, upload.results[sample]), gallery_items(session),
-                    [str(p) for p in session.downloads()], status_text(session),
+            if session.uploads:
+                upload = session.uploads[index]
+                before_after = (upload.gray, upload.results[sample])
+            else:  # videos only: their first frame
+                index, before_after = None, (session.videos[0].gray, session.videos[0].first)
+            player = gr.update(value=str(session.videos[0].path), visible=True) if session.videos else gr.update(
+                value=None, visible=False)
+            return (session, before_after, gallery_items(session), player, [str(p) for p in session.downloads()],
+                    status_text(session),
                     gr.update(choices=[(u.name, i) for i, u in enumerate(session.uploads)], value=index),
                     *panel(session, index))
 
         def panel(session: Session | None, index):
-            if session is None or index is None:
-                return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+            if session is None or index is None:  # no image in this run (videos only): an empty panel
+                return ("**Priors used:** (colorize a photo first)", "", "", None,
+                        gr.update(choices=[], value=[]))
             upload = session.uploads[int(index)]
             priors = shown_priors(upload)
             labels = instance_labels(upload.available)
@@ -178,8 +189,9 @@ def _settings(colorizer: Colorizer, values):
 
 
 def _reporter(progress):
-    """The core's step reports as the page's progress bar."""
-    return lambda done, total: progress((done, total), desc="Denoising", unit="steps")
+    """The core's step (and video frame) reports as the page's progress bar."""
+    return lambda done, total, unit="steps": progress((done, total), unit=unit,
+                                                      desc="Denoising" if unit == "steps" else "Colorizing video")
 
 
 def launch(app: gr.Blocks, colorizer: Colorizer, host: str = "127.0.0.1", port: int = 7860, share: bool = False,

@@ -1,10 +1,11 @@
 """What `colordiff demo` does, without gradio: read uploads, colorize them, edit one image's priors, write downloads.
 
-A result is the one `colordiff colorize` writes for the same file name and settings: the same reader
+An image's result is the one `colordiff colorize` writes for the same file name and settings: the same reader
 (colordiff.io.read_image), seeds (sample_seed of the seed, the file's name and the sample index), priors, pipeline
 call (exact input L, alpha kept) and writer (colordiff.io.write_image), and the same priors sidecar. Downloads are
 always PNG (lossless, so the luminance is exact up to 8-bit rounding): NAME.png, NAME_k.png for several samples,
-NAME.priors.json, and a zip of them all when there is more than one picture.
+NAME.priors.json, and a zip of them all when there is more than one picture. Uploaded videos are colorized as
+`colordiff colorize-video` does (colordiff.demo.video) into NAME.mp4.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from colordiff.colorize import ColorizeConfig, load_model, prepare_priors
 from colordiff.colorize_jobs import Job, _write_priors, sample_seed
 from colordiff.config import ConfigError, check_settings, error_line
+from colordiff.demo.video import VideoResult, VideoUploadError, colorize_video, is_video
 from colordiff.devices import DTYPES, accelerator_available
 from colordiff.errors import UsageError
 from colordiff.io import ImageReadError, atomic_write, read_image, write_image
@@ -37,7 +39,7 @@ KEEP_SECONDS = 6 * 3600  # result folders older than this are removed when a new
 ZIP_NAME = "colorized.zip"
 SIDECAR = ".priors.json"  # an uploaded NAME.priors.json gives the priors of the image NAME.*
 AUTOMATIC = ImagePriors(extra={"computed": True})  # marks an image whose priors the generators compute
-Report = Callable[[int, int], None]  # (steps done, steps in all)
+Report = Callable[..., None]  # (steps done, steps in all); videos add unit="frames"
 
 
 class DemoError(ValueError):
@@ -53,6 +55,7 @@ class DemoConfig(ColorizeConfig):
 
     output_dir: str = ""  # not used
     max_upload_mb: int = field(default=50, metadata={"min": 1})  # larger uploads are refused by the page
+    max_video_frames: int = field(default=1500, metadata={"min": 0})  # longer videos are refused; 0: no limit
 
     def config_checks(self):
         if self.captions is not None:
@@ -97,14 +100,17 @@ class Session:
 
     uploads: list[Upload]
     messages: list[str]  # one line per file that could not be read or colorized, and per note about a file
-    archive: Path | None = None  # the zip of every download, when there is more than one picture
+    archive: Path | None = None  # the zip of every download, when there is more than one picture or video
+    videos: list[VideoResult] = field(default_factory=list)
 
     def downloads(self) -> list[Path]:
-        """What the page offers to download: every result PNG, and the zip (or, for one picture, its sidecar)."""
+        """What the page offers to download: every result PNG and MP4, and the zip (or, for one picture, the
+        sidecar)."""
         pictures = [f for u in self.uploads for f in u.files if f.suffix == ".png"]
+        videos = [v.path for v in self.videos]
         if self.archive is not None:
-            return [*pictures, self.archive]
-        return [f for u in self.uploads for f in u.files]
+            return [*pictures, *videos, self.archive]
+        return [*(f for u in self.uploads for f in u.files), *videos]
 
 
 # -- uploads ------------------------------------------------------------------------------------------------------
@@ -195,14 +201,17 @@ class Colorizer:
     def start(self, paths: Sequence[str | Path], settings: DemoConfig, report: Report | None = None,
               priors: Sequence[ImagePriors | None] | None = None) -> Session:
         """Read and colorize uploaded files; `priors` (one per image) replaces the prior generators' output, and so
-        does an uploaded `NAME.priors.json` sidecar (as colorize --save-priors writes) for the image NAME.*."""
-        images = [p for p in paths if not str(p).lower().endswith(SIDECAR)]
+        does an uploaded `NAME.priors.json` sidecar (as colorize --save-priors writes) for the image NAME.*. Videos
+        are colorized after the images."""
         sidecars = {Path(p).name[: -len(SIDECAR)]: Path(p) for p in paths if str(p).lower().endswith(SIDECAR)}
-        if not images:
-            raise DemoError("no photo uploaded: add one or more images first")
+        media = [p for p in paths if not str(p).lower().endswith(SIDECAR)]
+        named = list(zip(media, unique_names(media), strict=True))
+        videos = [(p, name) for p, name in named if is_video(p)]
+        if not media:
+            raise DemoError("no photo uploaded: add one or more images (or videos) first")
         prune(self.workdir, KEEP_SECONDS)
         uploads, messages, given = [], [], []
-        for index, (path, name) in enumerate(zip(images, unique_names(images), strict=True)):
+        for index, (path, name) in enumerate((p, n) for p, n in named if not is_video(p)):
             try:
                 upload, notes = read_upload(path, name, settings.max_pixels, self.device)
             except DemoError as err:
@@ -218,7 +227,7 @@ class Colorizer:
             else:
                 given.append(AUTOMATIC)
         messages += [f"{p.name}: no uploaded image is named {stem}.*; ignored" for stem, p in sidecars.items()]
-        if not uploads:
+        if not uploads and not videos:
             raise DemoError("no upload is a usable image: " + "; ".join(messages))
         kinds = self._kinds(settings) if any(p is AUTOMATIC for p in given) else ()
         session = Session([], messages)
@@ -234,7 +243,14 @@ class Colorizer:
                 messages.append(f"{upload.name}: colorization failed: {type(err).__name__}: {error_line(err)}")
                 continue
             session.uploads.append(upload)
-        if not session.uploads:
+        for path, name in videos:
+            try:
+                session.videos.append(self._colorize_video(Path(path), name, settings, report))
+            except VideoUploadError as err:
+                messages.append(str(err))
+            except (RuntimeError, ValueError, OSError) as err:
+                messages.append(f"{name}: colorization failed: {type(err).__name__}: {error_line(err)}")
+        if not session.uploads and not session.videos:
             raise DemoError("; ".join(messages))
         self._archive(session)
         return session
@@ -279,6 +295,14 @@ class Colorizer:
         upload.results, upload.seeds, upload.settings = output.images, seeds, settings
         upload.used = output.priors[0] if output.priors else None
 
+    def _colorize_video(self, path: Path, name: str, settings: DemoConfig, report) -> VideoResult:
+        """One uploaded video, as colorize-video colorizes it (the run's scheduler and priors)."""
+        self.pipe.scheduler = self.model_scheduler if settings.scheduler is None else make_scheduler(
+            settings.scheduler, self.model_scheduler.config)
+        frames = None if report is None else (lambda done, total: report(done, total, unit="frames"))
+        return colorize_video(self.pipe, self._kinds(settings), path, name, settings, self.workdir,
+                              settings.max_video_frames, frames)
+
     def _write(self, upload: Upload) -> None:
         """The upload's PNGs and sidecar, in a folder of their own (earlier download links stay valid)."""
         folder = self.workdir / uuid.uuid4().hex
@@ -294,9 +318,10 @@ class Colorizer:
         upload.files = [*paths, job.priors_path]
 
     def _archive(self, session: Session) -> None:
-        """The zip of every download (PNGs and sidecars), when there is more than one picture; written atomically."""
-        files = [f for u in session.uploads for f in u.files]
-        if sum(f.suffix == ".png" for f in files) < 2:
+        """The zip of every download (PNGs, sidecars, MP4s), when there is more than one picture or video; written
+        atomically."""
+        files = [f for u in session.uploads for f in u.files] + [v.path for v in session.videos]
+        if sum(f.suffix != ".json" for f in files) < 2:
             session.archive = None
             return
         path = self.workdir / uuid.uuid4().hex / ZIP_NAME

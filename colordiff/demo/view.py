@@ -87,9 +87,13 @@ def result_at(session: Session, position: int) -> tuple[int, int]:
 
 def status_text(session: Session) -> str:
     """Markdown: what was colorized, and one line per file that was not (or has a note)."""
-    pictures = sum(len(u.results) for u in session.uploads)
-    text = f"Colorized {len(session.uploads)} image{'s' * (len(session.uploads) != 1)} ({pictures} result" \
-           f"{'s' * (pictures != 1)})."
+    pictures, videos = sum(len(u.results) for u in session.uploads), session.videos
+    parts = [f"{len(session.uploads)} image{'s' * (len(session.uploads) != 1)} ({pictures} result"
+             f"{'s' * (pictures != 1)})"] if session.uploads else []
+    if videos:
+        frames = sum(v.frames for v in videos)
+        parts.append(f"{len(videos)} video{'s' * (len(videos) != 1)} ({frames} frame{'s' * (frames != 1)})")
+    text = f"Colorized {' and '.join(parts)}."
     if session.messages:
         text += "\n\n" + "\n".join(f"- {m}" for m in session.messages)
     return text
