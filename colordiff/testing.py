@@ -162,3 +162,25 @@ def tiny_seada_pipeline(seed: int = 0, use_rca: bool = True):
         torch.manual_seed(seed)
         return SeAdaPipeline.from_stable_diffusion_components(tiny_stable_diffusion(seed), use_rca=use_rca,
                                                               rca_head_dim=8)
+
+
+# -- data -----------------------------------------------------------------------------------------------------------
+def write_captioned_images(root: str | Path, count: int, height: int, width: int,
+                           color_caption: str = "a colorful photo {i}", captioner: str | None = None) -> Path:
+    """`count` smooth colorful PNGs root/img{i}.png and their caption cache root/captions.jsonl (Des_g, Des_c), as
+    scripts/caption.py writes it; training data for the tiny recipes."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    yy, xx = np.mgrid[0:height, 0:width] / height
+    lines = []
+    for i in range(count):
+        rgb = np.stack([np.sin(xx * 3 + i), np.cos(yy * 2 + i), xx * yy], -1) * 0.5 + 0.5  # (H, W, 3) in [0, 1]
+        Image.fromarray((rgb * 255).astype(np.uint8)).save(root / f"img{i}.png")
+        line = {"path": f"img{i}.png", "caption_gray": f"a gray photo {i}", "caption_color": color_caption.format(i=i)}
+        lines.append(json.dumps(line | ({"captioner": captioner} if captioner else {})))
+    (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    return root

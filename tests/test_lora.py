@@ -5,15 +5,14 @@ the untrained model with the diffusers-format LoRA file loaded through `load_lor
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from colordiff.config import ConfigError, load_config
 from colordiff.pipelines import load_pipeline
+from colordiff.testing import write_captioned_images
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny"
@@ -23,16 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """Four colorful 64 px images and their caption cache."""
-    root = tmp_path_factory.mktemp("lora_data")
-    yy, xx = np.mgrid[0:64, 0:64] / 64
-    lines = []
-    for i in range(4):
-        rgb = np.stack([np.sin(xx * 3 + i), np.cos(yy * 2 + i), xx * yy], -1) * 0.5 + 0.5
-        Image.fromarray((rgb * 255).astype(np.uint8)).save(root / f"img{i}.png")
-        lines.append(json.dumps({"path": f"img{i}.png", "caption_gray": f"a gray photo {i}",
-                                 "caption_color": f"a colorful photo {i}"}))
-    (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
-    return root
+    return write_captioned_images(tmp_path_factory.mktemp("lora_data"), 4, 64, 64)
 
 
 def _run(schema, recipes: list[Path], **overrides) -> Path:

@@ -17,7 +17,7 @@ from colordiff.models.control import SeAdaControlModel
 from colordiff.models.semantic_adapter import SemanticAdapter, SemanticAdapterOutput, reconstruction_loss
 from colordiff.pipelines import load_pipeline
 from colordiff.pipelines.seada_pipeline import SeAdaPipeline
-from colordiff.testing import tiny_seada_pipeline, tiny_text_encoder, tiny_unet
+from colordiff.testing import tiny_seada_pipeline, tiny_text_encoder, tiny_unet, write_captioned_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,18 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """Two small colorful images and their caption cache (Des_g, Des_c), as scripts/caption.py writes it."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("seada_data")
-    yy, xx = np.mgrid[0:48, 0:64] / 48
-    lines = []
-    for i in range(2):
-        rgb = np.stack([np.sin(xx * 3 + i), np.cos(yy * 2 + i), xx * yy], -1) * 0.5 + 0.5
-        Image.fromarray((rgb * 255).astype(np.uint8)).save(root / f"img{i}.png")
-        lines.append(json.dumps({"path": f"img{i}.png", "caption_gray": f"a gray photo {i}",
-                                 "caption_color": f"a red and green photo {i}", "captioner": "manual:test"}))
-    (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
-    return root
+    return write_captioned_images(tmp_path_factory.mktemp("seada_data"), 2, 48, 64,
+                                  color_caption="a red and green photo {i}", captioner="manual:test")
 
 
 # -- models ---------------------------------------------------------------------------------------------------------
