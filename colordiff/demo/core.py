@@ -206,12 +206,13 @@ class Colorizer:
         sidecars = {Path(p).name[: -len(SIDECAR)]: Path(p) for p in paths if str(p).lower().endswith(SIDECAR)}
         media = [p for p in paths if not str(p).lower().endswith(SIDECAR)]
         named = list(zip(media, unique_names(media), strict=True))
+        images = [(p, name) for p, name in named if not is_video(p)]
         videos = [(p, name) for p, name in named if is_video(p)]
         if not media:
             raise DemoError("no photo uploaded: add one or more images (or videos) first")
         prune(self.workdir, KEEP_SECONDS)
         uploads, messages, given = [], [], []
-        for index, (path, name) in enumerate((p, n) for p, n in named if not is_video(p)):
+        for index, (path, name) in enumerate(images):
             try:
                 upload, notes = read_upload(path, name, settings.max_pixels, self.device)
             except DemoError as err:
@@ -229,7 +230,7 @@ class Colorizer:
         messages += [f"{p.name}: no uploaded image is named {stem}.*; ignored" for stem, p in sidecars.items()]
         if not uploads and not videos:
             raise DemoError("no upload is a usable image: " + "; ".join(messages))
-        kinds = self._kinds(settings) if any(p is AUTOMATIC for p in given) else ()
+        kinds = self._kinds(settings) if videos or any(p is AUTOMATIC for p in given) else ()
         session = Session([], messages)
         total = len(uploads) * settings.steps
         for index, (upload, image_priors) in enumerate(zip(uploads, given, strict=True)):
@@ -245,7 +246,7 @@ class Colorizer:
             session.uploads.append(upload)
         for path, name in videos:
             try:
-                session.videos.append(self._colorize_video(Path(path), name, settings, report))
+                session.videos.append(self._colorize_video(Path(path), name, settings, kinds, report))
             except VideoUploadError as err:
                 messages.append(str(err))
             except (RuntimeError, ValueError, OSError) as err:
@@ -283,8 +284,7 @@ class Colorizer:
         count = settings.num_samples
         seeds = [sample_seed(settings.seed, Path(upload.name), k) for k in range(count)]
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        self.pipe.scheduler = self.model_scheduler if settings.scheduler is None else make_scheduler(
-            settings.scheduler, self.model_scheduler.config)
+        self._use_scheduler(settings)
         with reporting_steps(self.pipe, report, settings.steps):
             output = self.pipe([upload.luminance] * count, prompt=settings.prompt,
                                num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
@@ -295,13 +295,16 @@ class Colorizer:
         upload.results, upload.seeds, upload.settings = output.images, seeds, settings
         upload.used = output.priors[0] if output.priors else None
 
-    def _colorize_video(self, path: Path, name: str, settings: DemoConfig, report) -> VideoResult:
-        """One uploaded video, as colorize-video colorizes it (the run's scheduler and priors)."""
+    def _colorize_video(self, path: Path, name: str, settings: DemoConfig, kinds, report) -> VideoResult:
+        """One uploaded video, as colorize-video colorizes it (the run's scheduler and prior kinds)."""
+        self._use_scheduler(settings)
+        frames = None if report is None else (lambda done, total: report(done, total, unit="frames"))
+        return colorize_video(self.pipe, kinds, path, name, settings, self.workdir, settings.max_video_frames, frames)
+
+    def _use_scheduler(self, settings: DemoConfig) -> None:
+        """The run's sampler on the pipeline: the model folder's own, or the named one built from its config."""
         self.pipe.scheduler = self.model_scheduler if settings.scheduler is None else make_scheduler(
             settings.scheduler, self.model_scheduler.config)
-        frames = None if report is None else (lambda done, total: report(done, total, unit="frames"))
-        return colorize_video(self.pipe, self._kinds(settings), path, name, settings, self.workdir,
-                              settings.max_video_frames, frames)
 
     def _write(self, upload: Upload) -> None:
         """The upload's PNGs and sidecar, in a folder of their own (earlier download links stay valid)."""

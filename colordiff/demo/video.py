@@ -79,15 +79,13 @@ def colorize_video(pipe, kinds, source: Path, name: str, settings: ColorizeConfi
     config = video_settings(settings, workdir)
     try:
         info, frames = open_clip(source, config.output.frame_rate)
-        first = next(frames, None)
+        first = next(frames)  # open_clip has decoded it: a video without frames is a VideoReadError
         frames.close()  # the decoder's file
     except VideoReadError as err:
         raise VideoUploadError(f"{name}: {err.reason}") from None
-    if first is None:
-        raise VideoUploadError(f"{name}: no frames")
     if max_frames and info.frames > max_frames:
-        raise VideoUploadError(f"{name}: {info.frames} frames; the demo takes videos of at most {max_frames} frames "
-                         "(colordiff colorize-video has no limit)")
+        raise VideoUploadError(f"{name}: {info.frames} frames; the demo takes videos of at most {max_frames} "
+                               "frames (colordiff colorize-video has no limit)")
     folder = workdir / uuid.uuid4().hex
     clip = Clip(source, Path(name), folder / Path(name).with_suffix(".mp4").name)
     flow = make_flow(config.flow.method, config.flow.raft_weights, config.flow.raft_iters)

@@ -66,7 +66,7 @@ def add_video_parsers(commands) -> None:
     e.add_argument("--pred", help="the colorized video or frames folder (required)")
     e.add_argument("--gt", help="the color original (default: none)")
     e.add_argument("--json", help="write the results here; they are printed either way (default: none)")
-    e.add_argument("--flow", choices=list(FLOW_METHODS), help="optical flow (default: 'dis')")
+    e.add_argument("--flow", choices=list(FLOW_METHODS), help=f"optical flow {default_text(EvalVideoConfig().flow)}")
     e.add_argument("--raft-weights", dest="raft_weights",
                    help="local safetensors file of torchvision's RAFT, for --flow raft (default: none)")
     e.add_argument("--config", action="append", default=[], help="YAML settings, applied in order (repeatable)")
