@@ -1,13 +1,11 @@
 """colordiff: ColorDiff and SeAda, diffusion-based automatic image colorization.
 
 Top-level names import lazily, so `colordiff --help` and light modules (color, io) start without diffusers.
-Importing colordiff makes `diffusers.DiffusionPipeline.from_pretrained` and `AutoPipelineForImage2Image` load
-colordiff model folders (see diffusers_names.py).
+`import colordiff.pipelines` (also done by using `colordiff.ColorDiffPipeline` or `load_pipeline`) makes
+`diffusers.DiffusionPipeline.from_pretrained` and `AutoPipelineForImage2Image` load colordiff model folders.
 """
 
 import importlib
-
-from colordiff.diffusers_names import install as _name_pipelines_in_diffusers
 
 __version__ = "0.1.0"
 
@@ -26,6 +24,3 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'colordiff' has no attribute {name!r}")
-
-
-_name_pipelines_in_diffusers()

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from colordiff import claims
 from colordiff.config import error_line
+from colordiff.images import Luminance, luminance_of
 from colordiff.io import ImageReadError, atomic_write, read_image, write_image
 from colordiff.schedulers import scheduler_name
 
@@ -62,7 +63,7 @@ class Prepared:
     """A read input reduced to what colorization needs."""
 
     job: Job
-    luminance: object  # pipelines.images.Luminance: the exact L, (1, 1, H, W) float32
+    luminance: Luminance  # the exact L, (1, 1, H, W) float32
     alpha: np.ndarray | None  # (H, W) uint8, kept for outputs that can store it
 
 
@@ -149,8 +150,6 @@ def run_jobs(pipe, jobs: list[Job], config, kinds: tuple[str, ...], device, tall
 
 def prepare(job: Job, config, device) -> Prepared:
     """Read one input and keep only its exact L (on `device`) and its alpha; runs in a reader thread."""
-    from colordiff.pipelines.images import Luminance, luminance_of
-
     image = read_image(job.source, config.max_pixels)
     for note in _notes(image):
         report(f"{job.source}: {note}")

@@ -12,8 +12,6 @@ import errno
 import os
 import shutil
 import stat
-import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from colordiff.files import (
     stat_failure_reason,
     temp_file_for,
 )
+from colordiff.pillow_warnings import recorded_pillow_warnings
 
 # Decompression-bomb guard: a tiny compressed file can declare billions of pixels and exhaust memory when decoded,
 # so read_image checks width * height from the header against this limit before decoding any pixel data.
@@ -193,48 +192,6 @@ def _count_frames(src: Image.Image) -> int:
         return 1
 
 
-# Pillow reports damage it reads past (corrupt EXIF, a malformed MPO, ...) with warnings.warn, printed without the
-# image's name; read_image keeps them in LoadedImage.warnings. Not with warnings.catch_warnings: it swaps
-# process-wide state (filters, showwarning), so in the thread pool that reads images one thread's exit restores
-# what another installed, and another thread's warning during a decode would be taken as the image's; a lock would
-# bind only the code that takes it. So warnings.warn is wrapped, once: a call on a thread inside read_image goes to
-# that thread's own list, every other call to the original unchanged. Pillow warns only through warnings.warn (its
-# C code never warns).
-_recording = threading.local()
-_wrap_lock = threading.Lock()
-_original_warn = None
-# passed on, not about the file: the bomb guard keeps its behaviour (read_image turns it into an error when the
-# filters make it one), and deprecations speak of the code calling Pillow
-_PASSED_ON = (Image.DecompressionBombWarning, DeprecationWarning, PendingDeprecationWarning, FutureWarning)
-
-
-def _warn(message, category=None, stacklevel=1, source=None, **kwargs):
-    """warnings.warn, except on a thread inside read_image, where file warnings are recorded."""
-    records = getattr(_recording, "records", None)
-    kind = type(message) if isinstance(message, Warning) else (category or UserWarning)
-    if records is None or issubclass(kind, _PASSED_ON):
-        # one frame more: the warning is attributed to the caller, as without the wrapper
-        return _original_warn(message, category, stacklevel + 1, source, **kwargs)
-    line = " ".join(str(message).split())
-    if line not in records:  # Pillow reads EXIF more than once and repeats itself
-        records.append(line)
-
-
-@contextmanager
-def _recorded_warnings() -> Iterator[list[str]]:
-    """Yield the list the calling thread's file warnings go to while the block runs."""
-    global _original_warn
-    with _wrap_lock:
-        if _original_warn is None:
-            _original_warn, warnings.warn = warnings.warn, _warn
-    previous = getattr(_recording, "records", None)
-    _recording.records = records = []
-    try:
-        yield records
-    finally:
-        _recording.records = previous
-
-
 def read_image(
     path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
 ) -> LoadedImage:
@@ -246,7 +203,7 @@ def read_image(
     path = Path(path)
     _check_file(path)
     fh = _open_regular(path)
-    with fh, _recorded_warnings() as notes:
+    with fh, recorded_pillow_warnings() as notes:
         try:
             with Image.open(fh) as src:
                 # header only: nothing is decoded yet, so a decompression bomb costs nothing

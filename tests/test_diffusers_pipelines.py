@@ -13,8 +13,8 @@ from diffusers.image_processor import VaeImageProcessor
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
+from colordiff.images import working_size
 from colordiff.pipelines import ColorDiffPipeline, SeAdaPipeline, load_pipeline
-from colordiff.pipelines.images import working_size
 from colordiff.semantics.generators import PriorGenerators
 from colordiff.semantics.priors import ImagePriors
 from colordiff.testing import tiny_colordiff_pipeline, tiny_seada_pipeline
@@ -271,8 +271,8 @@ def test_generic_entry_points_load_a_model_folder(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_generic_entry_point_after_import_colordiff_in_a_fresh_process(tiny_model_dir):
-    code = ("import colordiff\nfrom diffusers import DiffusionPipeline, AutoPipelineForImage2Image\n"
+def test_generic_entry_point_after_import_colordiff_pipelines_in_a_fresh_process(tiny_model_dir):
+    code = ("import colordiff.pipelines\nfrom diffusers import DiffusionPipeline, AutoPipelineForImage2Image\n"
             f"p = DiffusionPipeline.from_pretrained({str(tiny_model_dir)!r})\n"
             f"q = AutoPipelineForImage2Image.from_pretrained({str(tiny_model_dir)!r})\n"
             "print(type(p).__name__, type(q).__name__)")

@@ -1,12 +1,12 @@
-"""Full-resolution work in row tiles (pipelines/images.py): the same numbers as the whole-image color math."""
+"""Full-resolution work in row tiles (colordiff/images.py): the same numbers as the whole-image color math."""
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 
+from colordiff import images as im
 from colordiff.color import gray_from_luminance, merge_luminance, split_luminance
-from colordiff.pipelines import images as im
 
 
 @pytest.fixture

@@ -443,6 +443,15 @@ def test_warnings_outside_read_image_are_untouched(tmp_path):
             warnings.warn("escalated", UserWarning, stacklevel=1)
 
 
+def test_reading_leaves_the_interpreters_warnings_alone(tmp_path):
+    import PIL.TiffImagePlugin
+
+    original = warnings.warn
+    assert read_image(corrupt_exif_jpeg(tmp_path / "bad.jpg")).warnings  # heard through Pillow's modules only
+    assert warnings.warn is original and warnings.warn.__module__ == "_warnings"  # the built-in one
+    assert PIL.TiffImagePlugin.warnings is not warnings
+
+
 def test_atomic_folder_removes_what_a_killed_export_of_the_same_folder_left(tmp_path):
     stale, other, fresh = (tmp_path / ".model.tmp-0123abcd", tmp_path / ".other.tmp-0123abcd",
                            tmp_path / ".model.tmp-89abcdef")

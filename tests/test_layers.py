@@ -1,7 +1,9 @@
-"""The package's shape: imports point down the layers only, no module imports in a circle, and files stay short.
+"""The package's shape: imports point down the layers only, no module or package imports in a circle, and files
+and functions stay short.
 
-Read from the code's own imports (every `import` and `from ... import`, at any depth, with `ast`), so a function-level
-import counts like a top-level one: both make the importing module depend on the imported one.
+Read from the code's own imports (every `import` and `from ... import`, at any depth, and `importlib.import_module`
+of a literal name, with `ast`), so a function-level import counts like a top-level one: both make the importing
+module depend on the imported one.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "colordiff"
 # Layers, bottom first. A module may import modules of its own layer or of a layer below, never one above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pixels, settings, models, sampling", (
-        "colordiff", "colordiff.color", "colordiff.files", "colordiff.io", "colordiff.config", "colordiff.devices",
-        "colordiff.errors", "colordiff.resources", "colordiff.models", "colordiff.sampling", "colordiff.claims",
-        "colordiff.schedulers", "colordiff.model_card", "colordiff.diffusers_names",
+        "colordiff", "colordiff.color", "colordiff.images", "colordiff.files", "colordiff.io",
+        "colordiff.pillow_warnings", "colordiff.config", "colordiff.devices", "colordiff.errors", "colordiff.resources",
+        "colordiff.models", "colordiff.sampling", "colordiff.claims", "colordiff.schedulers", "colordiff.model_card",
     )),
     ("semantics, pipelines, data, metrics", (
         "colordiff.semantics", "colordiff.pipelines", "colordiff.data", "colordiff.latents", "colordiff.metrics",
@@ -58,12 +60,29 @@ def imported(path: Path, name: str, known: set[str]) -> set[str]:
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 found.add(sub if sub in known else base)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            found.add(node.args[0].value)
     return {m for m in found if m == "colordiff" or m.startswith("colordiff.")} - {name}
 
 
 def import_graph() -> dict[str, set[str]]:
     mods = modules()
     return {name: imported(path, name, set(mods)) for name, path in mods.items()}
+
+
+def package_of(module: str) -> str:
+    """The top-level part a module belongs to: `colordiff.semantics.base` -> `colordiff.semantics`."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The import graph between the package's top-level parts (subpackages and top-level modules)."""
+    packages: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        packages.setdefault(package_of(name), set()).update(
+            package_of(t) for t in targets if package_of(t) != package_of(name))
+    return packages
 
 
 def layer_of(module: str) -> int:
@@ -110,6 +129,12 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def test_no_import_cycles_between_packages():
+    """Two subpackages may not lean on each other, even through different modules (a.x -> b.y, b.z -> a.w)."""
+    cycle = find_cycle(package_graph(import_graph()))
+    assert cycle is None, "packages importing each other: " + " -> ".join(cycle)
+
+
 def test_imports_point_down_the_layers():
     upward = []
     for name, targets in import_graph().items():
@@ -130,6 +155,7 @@ def test_only_the_entry_point_imports_the_cli():
     ("from colordiff import metrics as M", {"colordiff.metrics"}),
     ("from . import registry", {"colordiff.pipelines.registry"}),
     ("from .images import x", {"colordiff.pipelines.images"}),
+    ("import importlib\nimportlib.import_module('colordiff.metrics')", {"colordiff.metrics"}),
     ("import torch", set()),
 ])
 def test_import_reader(tmp_path, source, expected):
@@ -144,6 +170,11 @@ def test_import_reader(tmp_path, source, expected):
 def test_checks_catch_a_cycle_and_an_upward_import():
     graph = {"colordiff.cli": {"colordiff.colorize"}, "colordiff.colorize": {"colordiff.cli"}}
     assert find_cycle(graph) == ["colordiff.cli", "colordiff.colorize", "colordiff.cli"]
+    between = {"colordiff.semantics.base": {"colordiff.images"},
+               "colordiff.pipelines.x": {"colordiff.semantics.priors"},
+               "colordiff.semantics.priors": {"colordiff.pipelines.y"}, "colordiff.pipelines.y": set()}
+    assert find_cycle(between) is None  # no module cycle, but the two packages lean on each other
+    assert find_cycle(package_graph(between)) == ["colordiff.pipelines", "colordiff.semantics", "colordiff.pipelines"]
     assert layer_of("colordiff.pipelines.assemble") < layer_of("colordiff.colorize")
     assert layer_of("colordiff.training.loop") == layer_of("colordiff.training")
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from colordiff.color import rgb_to_lab
+from colordiff.images import working_size
 from colordiff.pipelines import ColorDiffPipeline, load_pipeline
-from colordiff.pipelines.images import working_size
 from colordiff.testing import save_tiny_stable_diffusion, tiny_colordiff_pipeline, tiny_stable_diffusion
 
 

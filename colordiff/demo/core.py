@@ -30,8 +30,8 @@ from colordiff.config import ConfigError, check_settings, error_line
 from colordiff.demo.video import VideoResult, VideoUploadError, colorize_video, is_video
 from colordiff.devices import DTYPES, accelerator_available
 from colordiff.errors import UsageError
+from colordiff.images import Luminance, gray_pil, luminance_of
 from colordiff.io import ImageReadError, atomic_write, read_image, write_image
-from colordiff.pipelines.images import Luminance, gray_pil, luminance_of
 from colordiff.schedulers import make_scheduler, scheduler_name
 from colordiff.semantics.priors import ImagePriors, Instances
 

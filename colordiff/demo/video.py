@@ -16,7 +16,7 @@ import PIL.Image
 
 from colordiff.colorize import ColorizeConfig
 from colordiff.config import ConfigError, check_settings, error_line
-from colordiff.pipelines.images import gray_pil
+from colordiff.images import gray_pil
 from colordiff.video.config import VideoConfig
 from colordiff.video.flow import make_flow
 from colordiff.video.io import VIDEO_SUFFIXES, VideoReadError, open_clip

@@ -14,7 +14,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from colordiff.pipelines.images import ImageInput, Luminance
+from colordiff.images import ImageInput, Luminance
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 

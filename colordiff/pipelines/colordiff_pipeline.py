@@ -17,6 +17,7 @@ from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from colordiff.images import ImageInput, Luminance, luminance_of, working_gray
 from colordiff.models import ConcatUNet2DConditionModel, LuminanceAwareAutoencoderKL
 from colordiff.pipelines.call_args import (
     StepCallback,
@@ -25,7 +26,6 @@ from colordiff.pipelines.call_args import (
     per_image_embeds,
 )
 from colordiff.pipelines.conventions import ColorizationPipelineMixin, TextCondition
-from colordiff.pipelines.images import ImageInput, Luminance, luminance_of, working_gray
 from colordiff.pipelines.recorded_priors import RecordsPriorGenerators, SafetensorsLoraLoaderMixin
 from colordiff.sampling import (
     SegmentationGuidance,
@@ -59,10 +59,10 @@ class ColorDiffPipeline(RecordsPriorGenerators, ColorizationPipelineMixin, Safet
     predicted a/b are used, upsampled to the input's size.
 
     diffusers' habits work: `save_pretrained` / `from_pretrained` (also `DiffusionPipeline.from_pretrained` and
-    `AutoPipelineForImage2Image.from_pretrained` once colordiff is imported), `from_pipe`, `enable_vae_tiling` /
-    `enable_vae_slicing` (the luminance-aware decoder tiles its skips too), `enable_model_cpu_offload`,
-    `enable_freeu`, `fuse_qkv_projections`, and LoRA (`load_lora_weights`, `fuse_lora`, `set_adapters`) on the U-Net
-    and text encoder.
+    `AutoPipelineForImage2Image.from_pretrained`: importing colordiff.pipelines names the classes in diffusers),
+    `from_pipe`, `enable_vae_tiling` / `enable_vae_slicing` (the luminance-aware decoder tiles its skips too),
+    `enable_model_cpu_offload`, `enable_freeu`, `fuse_qkv_projections`, and LoRA (`load_lora_weights`, `fuse_lora`,
+    `set_adapters`) on the U-Net and text encoder.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from diffusers.image_processor import VaeImageProcessor
 
+from colordiff.images import finish_image, working_size
 from colordiff.pipelines.call_args import (
     StepCallback,
     check_output_type,
@@ -25,7 +26,6 @@ from colordiff.pipelines.call_args import (
     repeat_each,
     stack_outputs,
 )
-from colordiff.pipelines.images import finish_image, working_size
 
 
 @dataclass
@@ -74,7 +74,7 @@ class ColorizationPipelineMixin:
     @property
     def image_processor(self) -> VaeImageProcessor:
         """diffusers' VaeImageProcessor for this VAE (e.g. `postprocess` of decoded tensors). The pipelines' own
-        pre- and post-processing is Lab-based (colordiff.pipelines.images): gray from the exact L, L kept on output."""
+        pre- and post-processing is Lab-based (colordiff.images): gray from the exact L, L kept on output."""
         processor = self.__dict__.get("_image_processor")
         if processor is None or processor.config.vae_scale_factor != self.vae_scale_factor:
             processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)

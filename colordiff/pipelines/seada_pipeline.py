@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, Scheduler
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from colordiff.images import ImageInput, Luminance, luminance_of, working_gray
 from colordiff.models.control import ControlledDenoiser, SeAdaControlModel
 from colordiff.models.semantic_adapter import SemanticAdapter
 from colordiff.pipelines.call_args import (
@@ -27,7 +28,6 @@ from colordiff.pipelines.call_args import (
 )
 from colordiff.pipelines.colordiff_pipeline import ColorDiffPipelineOutput
 from colordiff.pipelines.conventions import ColorizationPipelineMixin, TextCondition
-from colordiff.pipelines.images import ImageInput, Luminance, luminance_of, working_gray
 from colordiff.pipelines.recorded_priors import RecordsPriorGenerators, SafetensorsLoraLoaderMixin
 from colordiff.sampling import initial_noise, sample
 from colordiff.schedulers import check_prediction_type

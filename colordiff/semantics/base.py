@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import PIL.Image
 import torch
 
-if TYPE_CHECKING:  # colordiff.pipelines imports this package: import it back only where it is used
-    from colordiff.pipelines.images import ImageInput
+from colordiff.images import ImageInput, gray_pil, to_rgb_tensor
 
 
 class PriorGeneratorError(ValueError):
@@ -20,8 +19,6 @@ class PriorGeneratorError(ValueError):
 
 def to_pil(image: ImageInput) -> PIL.Image.Image:
     """Any pipeline image input -> an 8-bit RGB PIL image (what the transformers processors expect)."""
-    from colordiff.pipelines.images import to_rgb_tensor
-
     if isinstance(image, PIL.Image.Image):
         return image.convert("RGB")
     rgb = to_rgb_tensor(image).permute(1, 2, 0).numpy()  # (H, W, 3) in [0, 1]
@@ -30,8 +27,6 @@ def to_pil(image: ImageInput) -> PIL.Image.Image:
 
 def grayscale(images: Sequence[ImageInput]) -> list[PIL.Image.Image]:
     """The grayscale version the priors are computed on: sRGB gray with each image's Lab L, as the U-Net sees it."""
-    from colordiff.pipelines.images import gray_pil
-
     return [gray_pil(image) for image in images]
 
 

@@ -139,7 +139,7 @@ class Model:
         self.pipe, self.config, self.kinds = pipe, config, kinds
 
     def _call(self, luminance: list, seed: int, output_type: str):
-        from colordiff.pipelines.images import Luminance
+        from colordiff.images import Luminance
 
         images = [Luminance(L) for L in luminance]
         priors = self.pipe.compute_priors(images, self.kinds) if self.kinds else "none"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from colordiff.pipelines.images import merge_into
+from colordiff.images import luminance_of, merge_into
 from colordiff.video.flow import consistency, identity_grid, sample
 
 Output = tuple[int, int, np.ndarray]  # (frame index, pts, (H, W, 3) uint8 RGB)
@@ -45,8 +45,6 @@ def grid_size(height: int, width: int, side: int) -> tuple[int, int]:
 
 def analyse(index: int, pts: int, rgb: np.ndarray, side: int) -> Analysed:
     """The exact L of a decoded frame (H, W, 3) and its grid luma."""
-    from colordiff.pipelines.images import luminance_of
-
     L = luminance_of(rgb)  # (1, 1, H, W)
     size = grid_size(*L.shape[-2:], side)
     L_grid = L if tuple(L.shape[-2:]) == size else F.interpolate(L, size=size, mode="area")  # (1, 1, h, w)
