@@ -8,11 +8,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from colordiff.devices import mixed_precision_dtype
 from colordiff.training.common import (
     build_dataset,
     export_pipeline,
     how_trained,
     load_base_pipeline,
+    place_frozen,
+    restore_frozen,
     training_card,
     validation_grid,
 )
@@ -41,7 +44,8 @@ class LuminanceDecoding(nn.Module):
 
 class DecoderTask:
     """Trainable: the decoder (with post_quant_conv), the Eq.6 skip convs and alphas. Frozen: the encoder
-    (with quant_conv), so the latent space stays the one the U-Net was trained in."""
+    (with quant_conv), so the latent space stays the one the U-Net was trained in. The U-Net and text encoder only
+    run in validation: on the device in the mixed-precision dtype, exported as they were loaded."""
 
     def __init__(self, config: TrainDecoderConfig, accelerator):
         self.config, self.accelerator = config, accelerator
@@ -56,6 +60,10 @@ class DecoderTask:
         vae.encoder.eval()
         if config.gradient_checkpointing:
             vae.enable_gradient_checkpointing()
+        self.kept = {}  # the frozen parts' exact weights, restored for export
+        weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
+        for frozen in (self.pipe.unet, self.pipe.text_encoder):  # the VAE moves with the trained module (prepare)
+            place_frozen(frozen.requires_grad_(False).eval(), accelerator.device, weight_dtype, self.kept)
         # perceptual_weight 0 trains on L2 alone: no LPIPS network is built (nor its weights read)
         self.perceptual = (build_perceptual(config.perceptual_weights).to(accelerator.device)
                            if config.perceptual_weight > 0 else None)
@@ -80,6 +88,8 @@ class DecoderTask:
         return validation_grid(self._pipeline(modules), config)
 
     def export(self, modules: dict[str, nn.Module], path: Path) -> None:
+        for frozen in (self.pipe.unet, self.pipe.text_encoder):
+            restore_frozen(frozen, self.kept)
         pipe = self._pipeline(modules)
         how = "decoder, Eq.6 skip convs and alphas: " + how_trained(self.config, "train_decoder.py, Eq.7")
         export_pipeline(pipe, path, card=training_card(self.config, {"vae": how + "; encoder frozen"}))
