@@ -119,9 +119,12 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     return accelerator
 
 
-def _all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
-    bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
-    return accelerator.reduce(bad, reduction="sum").item() == 0  # every process stops together
+def _update_loss(accelerator: Accelerator, losses: list[torch.Tensor]) -> float:
+    """The loss a step stands for: the mean over its gradient-accumulation micro-batches and over the processes (as
+    diffusers' scripts log it). The micro-batch losses stay on the device: one host sync per update, not per
+    micro-batch. Non-finite on any process makes it non-finite on every process, so all of them stop together."""
+    mean = torch.cat(losses).mean()
+    return accelerator.reduce(mean, reduction="mean").item()
 
 
 def train(config: TrainConfig, task: TrainingTask, accelerator: Accelerator) -> Path:
@@ -180,13 +183,17 @@ def train(config: TrainConfig, task: TrainingTask, accelerator: Accelerator) -> 
         batches.set_epoch(epoch)
         sampler.set_epoch(epoch)
         task.dataset.set_epoch(epoch)
+        micro_losses = []  # the current update's micro-batch losses, (1,) each, on the device
         for batch in batches:
             with accelerator.accumulate(*modules.values()):
                 loss = task.loss(modules, batch)
-                if not _all_finite(accelerator, loss):
-                    last = resolve_resume(output, "latest")
-                    raise TrainingDiverged(f"loss is {loss.item()} at step {global_step + 1}: training stopped; "
-                                           f"last good checkpoint: {last or 'none yet'}")
+                micro_losses.append(loss.detach().float().reshape(1))
+                if accelerator.sync_gradients:  # the update's last micro-batch: check before the weights change
+                    step_loss, micro_losses = _update_loss(accelerator, micro_losses), []
+                    if not math.isfinite(step_loss):
+                        last = resolve_resume(output, "latest")
+                        raise TrainingDiverged(f"loss is {step_loss} at step {global_step + 1}: training stopped; "
+                                               f"last good checkpoint: {last or 'none yet'}")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -203,7 +210,7 @@ def train(config: TrainConfig, task: TrainingTask, accelerator: Accelerator) -> 
                 ema.update()
             if hasattr(task, "after_update"):
                 task.after_update(modules)
-            _log(accelerator, output, global_step, loss, lr_scheduler.get_last_lr()[0])
+            _log(accelerator, output, global_step, step_loss, lr_scheduler.get_last_lr()[0])
             done = global_step >= config.max_train_steps
             if global_step % config.checkpointing_steps == 0 or done:
                 save_checkpoint(accelerator, config, global_step, ema)
@@ -261,12 +268,12 @@ def save_checkpoint(accelerator: Accelerator, config: TrainConfig, step: int, em
     accelerator.wait_for_everyone()
 
 
-def _log(accelerator: Accelerator, output: Path, step: int, loss: torch.Tensor, lr: float) -> None:
-    mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+def _log(accelerator: Accelerator, output: Path, step: int, loss: float, lr: float) -> None:
+    """One row per step: `loss` is the step's mean over its micro-batches and processes (_update_loss)."""
     if accelerator.is_main_process:
         with (output / "train_log.jsonl").open("a") as f:
-            f.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr}) + "\n")
-    accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=step)
+            f.write(json.dumps({"step": step, "loss": loss, "lr": lr}) + "\n")
+    accelerator.log({"train/loss": loss, "train/lr": lr}, step=step)
 
 
 def _validate(accelerator: Accelerator, task: TrainingTask, modules, config: TrainConfig, step: int, ema) -> None:
