@@ -122,8 +122,9 @@ def _linear_weights(out_size: int, in_size: int, device) -> tuple[torch.Tensor, 
 
 
 def merge_into(L: torch.Tensor, ab: torch.Tensor, output_type: str):
-    """Eq. of DESIGN.md's keep-luminance convention: merge_luminance(L, ab) for one image, L (1, 1, H, W) with the
-    model's chroma ab (1, 2, h, w), computed in row tiles straight into the output ("pil", "np" or "pt").
+    """The keep-luminance output (docs/colorize.md, "What `colorize` does"): merge_luminance(L, ab) for one image,
+    L (1, 1, H, W) with the model's chroma ab (1, 2, h, w), computed in row tiles straight into the output ("pil",
+    "np" or "pt").
 
     Chroma is enlarged bilinearly (width first, once; then each tile's rows), the gamut fit and the conversion run
     per tile, and each tile goes to the CPU as soon as it is done: the full-size buffers are L and the output."""
