@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from colordiff.captions_file import caption_for, load_captions, priors_beside_captions
-from colordiff.colorize_jobs import Job, Tally, report, run_jobs
-from colordiff.config import error_line
+from colordiff.colorize_common import check_output_dir, load_model, prepare_priors, report, resolve_device_dtype
+from colordiff.colorize_jobs import Job, Tally, run_jobs
 from colordiff.devices import DTYPES, accelerator_available
 from colordiff.errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from colordiff.files import remove_stale_temps, scan_folder
 from colordiff.io import IMAGE_SUFFIXES, output_suffix
-from colordiff.schedulers import SCHEDULERS, make_scheduler
+from colordiff.schedulers import SCHEDULERS
 
 SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -95,57 +92,6 @@ def output_paths(output_dir: Path, relative: Path, num_samples: int) -> list[Pat
 
 
 # -- running ------------------------------------------------------------------------------------------------------
-def resolve_device_dtype(device: str, dtype: str, state) -> tuple[torch.device, torch.dtype]:
-    resolved = state.device if device == "auto" else torch.device(device)
-    if dtype == "auto":
-        return resolved, torch.bfloat16 if resolved.type == "cuda" else torch.float32
-    return resolved, DTYPES[dtype]
-
-
-def load_model(config: ColorizeConfig, device: torch.device, dtype: torch.dtype):
-    import diffusers
-    import transformers
-
-    from colordiff.pipelines import load_pipeline
-    from colordiff.pipelines.registry import ModelLoadError
-
-    diffusers.utils.logging.disable_progress_bar()  # the CLI shows one bar: files done
-    transformers.utils.logging.disable_progress_bar()
-
-    try:
-        pipe = load_pipeline(config.model, dtype=dtype, local_files_only=config.local_files_only)
-    except ModelLoadError:  # already one line naming the model and the file at fault
-        raise
-    except (OSError, ValueError, TypeError) as err:
-        raise UsageError(f"cannot load model {config.model}: {error_line(err)}") from None
-    pipe.set_progress_bar_config(disable=True)
-    if config.scheduler is not None:  # built from the folder's own config: the training schedule is kept
-        pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
-    return pipe.to(device)
-
-
-def prepare_priors(pipe, config: ColorizeConfig, device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
-    """The prior kinds this run computes, their generators loaded now: a missing or broken one is a usage error
-    before any file is processed. A --prompt replaces caption and category, so only segmentation remains; with
-    --captions the caption comes from the file, so the captioner is neither needed nor loaded."""
-    from colordiff.semantics import PriorGenerators
-
-    try:
-        if config.priors_config is not None:
-            pipe.prior_generators = PriorGenerators.from_file(config.priors_config, config.local_files_only)
-        if config.captions is not None:
-            kinds = tuple(k for k in pipe.resolve_priors(priors_beside_captions(config.priors)) if k != "caption")
-        else:
-            kinds = pipe.resolve_priors(config.priors)
-        if config.prompt is not None:
-            kinds = tuple(k for k in kinds if k == "segmentation")
-        for kind in kinds:
-            pipe.prior_generators.generator(kind, device, dtype)
-    except ValueError as err:  # ConfigError, PriorGeneratorError and missing generators are ValueErrors
-        raise UsageError(error_line(err)) from None
-    return kinds
-
-
 def run_colorize(config: ColorizeConfig) -> int:
     """Colorize every input into config.output_dir; returns the exit status (0 all done, 1 some file failed,
     130 interrupted)."""
@@ -154,31 +100,9 @@ def run_colorize(config: ColorizeConfig) -> int:
     # without an accelerator, accelerate only joins the other launched processes when told it runs on the CPU
     on_cpu = config.device == "cpu" or (config.device == "auto" and not accelerator_available())
     state = PartialState(cpu=on_cpu)
-    output_dir = Path(config.output_dir)
-    captions = None
-    if config.captions is not None:
-        if config.prompt is not None:
-            raise UsageError("--prompt and --captions both give the text; pass one")
-        priors_beside_captions(config.priors)  # --priors none (or without caption) + --captions: fail now
-        captions = load_captions(config.captions)
-
-    tally, jobs, owner = Tally(), [], {}
-    found, odd = collect_inputs(config.inputs, output_dir)
-    tally.not_files = len(odd)
-    for path, reason in odd if state.is_main_process else ():
-        report(f"{path}: {reason}; skipped")
-    for source, relative in found:
-        outputs = output_paths(output_dir, relative, config.num_samples)
-        if outputs[0] in owner:  # e.g. photo.bmp and photo.png both become photo.png
-            if state.is_main_process:  # every process plans the same jobs: one of them reports
-                report(f"{source}: output {outputs[0]} would overwrite the output of {owner[outputs[0]]}; skipped")
-                tally.failed += 1
-            continue
-        owner[outputs[0]] = source
-        jobs.append(Job(source, relative, outputs))
-    check_output_dir(output_dir)
-    if state.is_main_process:  # what killed runs left: only colordiff's own temp names, untouched for a while
-        remove_stale_temps(output_dir, recursive=True)
+    captions = _read_captions(config)
+    tally = Tally()
+    jobs = plan_jobs(config, tally, say=state.is_main_process)
 
     def finished(job: Job) -> bool:
         return all(p.is_file() for p in job.outputs) and (not config.save_priors or job.priors_path.is_file())
@@ -198,31 +122,53 @@ def run_colorize(config: ColorizeConfig) -> int:
             run_jobs(pipe, todo, config, kinds, device, tally, lambda job: not config.overwrite and finished(job))
     except KeyboardInterrupt:
         status = EXIT_INTERRUPTED
+    print(_summary(tally, status, state), file=sys.stderr)
+    return EXIT_FAILURES if status == EXIT_OK and tally.failed else status
 
+
+def plan_jobs(config: ColorizeConfig, tally: Tally, say: bool) -> list[Job]:
+    """Every input's job, its outputs planned; what cannot be an input, or would overwrite another input's output,
+    is reported (when `say`: every launched process plans the same jobs, one of them reports) and counted. OUT is
+    created and checked writable, and what killed runs left there is removed (by the reporting process)."""
+    output_dir = Path(config.output_dir)
+    jobs, owner = [], {}
+    found, odd = collect_inputs(config.inputs, output_dir)
+    tally.not_files = len(odd)
+    for path, reason in odd if say else ():
+        report(f"{path}: {reason}; skipped")
+    for source, relative in found:
+        outputs = output_paths(output_dir, relative, config.num_samples)
+        if outputs[0] in owner:  # e.g. photo.bmp and photo.png both become photo.png
+            if say:
+                report(f"{source}: output {outputs[0]} would overwrite the output of {owner[outputs[0]]}; skipped")
+                tally.failed += 1
+            continue
+        owner[outputs[0]] = source
+        jobs.append(Job(source, relative, outputs))
+    check_output_dir(output_dir)
+    if say:  # what killed runs left: only colordiff's own temp names, untouched for a while
+        remove_stale_temps(output_dir, recursive=True)
+    return jobs
+
+
+def _read_captions(config: ColorizeConfig) -> dict[str, str] | None:
+    """The --captions file's captions, checked against the other settings first; None without one."""
+    if config.captions is None:
+        return None
+    if config.prompt is not None:
+        raise UsageError("--prompt and --captions both give the text; pass one")
+    priors_beside_captions(config.priors)  # --priors none (or without caption) + --captions: fail now
+    return load_captions(config.captions)
+
+
+def _summary(tally: Tally, status: int, state) -> str:
+    """The run's last line: what was colorized, skipped and failed (per process when several ran)."""
     where = f" [process {state.process_index + 1}/{state.num_processes}]" if state.num_processes > 1 else ""
     elsewhere = f", {tally.elsewhere} left to another run computing them" if tally.elsewhere else ""
     elsewhere += f", {tally.not_files} entries not readable files (named above)" if tally.not_files else ""
     stopped = ", interrupted" if status == EXIT_INTERRUPTED else ""
-    print(f"colordiff: {tally.done} colorized, {tally.skipped} skipped (already done), {tally.failed} failed"
-          f"{elsewhere}{stopped}{where}", file=sys.stderr)
-    if status == EXIT_OK and tally.failed:
-        status = EXIT_FAILURES
-    return status
-
-
-def check_output_dir(output_dir: Path) -> None:
-    """Create OUT and prove it writable now, before any model loads: a usage error names the reason."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"output folder {output_dir}: is a file, not a folder")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=output_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except (FileExistsError, NotADirectoryError):
-        raise UsageError(f"output folder {output_dir}: a parent folder is a file") from None
-    except OSError as err:
-        raise UsageError(f"output folder {output_dir}: not writable: {err.strerror or error_line(err)}") from None
+    return (f"colordiff: {tally.done} colorized, {tally.skipped} skipped (already done), {tally.failed} failed"
+            f"{elsewhere}{stopped}{where}")
 
 
 def _attach_captions(jobs: list[Job], captions: dict[str, str], path: str, say: bool) -> tuple[list[Job], int]:
@@ -237,7 +183,5 @@ def _attach_captions(jobs: list[Job], captions: dict[str, str], path: str, say: 
         missing += 1
         if say:
             report(f"{job.source}: no caption in {path} (no line with \"path\" {job.relative.as_posix()} or "
-                    f"{Path(os.path.abspath(job.source)).as_posix()})")
+                   f"{Path(os.path.abspath(job.source)).as_posix()})")
     return kept, missing
-
-

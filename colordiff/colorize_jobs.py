@@ -8,11 +8,8 @@ file at a time, so only the file that causes an error fails, and every failure i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import stat
-import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -24,9 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from colordiff import claims
+from colordiff.colorize_common import priors_sidecar, report, sample_seed, write_priors_sidecar
 from colordiff.config import error_line
 from colordiff.images import Luminance, luminance_of
-from colordiff.io import ImageReadError, atomic_write, read_image, write_image
+from colordiff.io import ImageReadError, read_image, write_image
 from colordiff.schedulers import scheduler_name
 
 READERS = 4  # files decoded in parallel (decoding releases the GIL)
@@ -44,7 +42,7 @@ class Job:
     @property
     def priors_path(self) -> Path:
         """The --save-priors sidecar: OUT/<relative folder>/<stem>.priors.json, one per input (not per sample)."""
-        return self.outputs[0].parent / f"{self.relative.stem}.priors.json"
+        return priors_sidecar(self.outputs[0].parent, self.relative)
 
 
 @dataclass
@@ -65,15 +63,6 @@ class Prepared:
     job: Job
     luminance: Luminance  # the exact L, (1, 1, H, W) float32
     alpha: np.ndarray | None  # (H, W) uint8, kept for outputs that can store it
-
-
-def sample_seed(seed: int, relative: Path, sample: int) -> int:
-    """A seed that depends only on (seed, file, sample): results ignore batch size, order and process count.
-
-    The path is hashed as the filesystem's bytes (os.fsencode), so any name the filesystem allows has a seed."""
-    name = os.fsencode(relative.as_posix())
-    digest = hashlib.sha256(f"{seed}\0".encode() + name + f"\0{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def header_pixels(path: Path) -> int:
@@ -201,7 +190,8 @@ def _run_batch(pipe, prepared: list[Prepared], config, kinds, tally: Tally) -> N
                 alpha = item.alpha if path.suffix.lower() not in (".jpg", ".jpeg") else None
                 write_image(path, np.asarray(image), alpha=alpha)
             if config.save_priors:
-                _write_priors(item.job, priors[index * n] if priors else None, config, scheduler_name(pipe.scheduler))
+                write_priors_sidecar(item.job.priors_path, item.job.relative, priors[index * n] if priors else None,
+                                     config, scheduler_name(pipe.scheduler))
             tally.done += 1
         except (OSError, ValueError) as err:
             report(f"{item.job.source}: cannot write output: {error_line(err)}")
@@ -235,19 +225,3 @@ def _with_file_captions(file_priors, jobs: list[Job], captions_path: str) -> lis
     source = Path(captions_path).resolve().as_posix()
     return [replace(p, caption=job.caption, extra={**p.extra, "caption_source": source})
             for p, job in zip(file_priors, jobs, strict=True)]
-
-
-def _write_priors(job: Job, priors, config, scheduler: str) -> None:
-    """The JSON sidecar of one input, written atomically: the priors used (masks as run lengths), the prompt and
-    the sampler that used them."""
-    from colordiff.semantics import ImagePriors
-
-    data = (priors or ImagePriors(extra={"prompt": config.prompt or ""})).to_dict()
-    data.update(source=job.relative.as_posix(), seg_strength=config.seg_strength, scheduler=scheduler,
-                steps=config.steps, guidance_scale=config.guidance_scale)
-    with atomic_write(job.priors_path) as tmp:
-        tmp.write_text(json.dumps(data))
-
-
-def report(message: str) -> None:
-    tqdm.write(f"colordiff: {message}", file=sys.stderr)

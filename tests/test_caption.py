@@ -1,6 +1,6 @@
-"""scripts/caption.py: the JSONL caption cache (gray and color captions), resumable, sharded, bad files skipped."""
+"""scripts/caption.py (colordiff.caption_cache): the JSONL caption cache (gray and color captions), resumable,
+sharded, bad files skipped."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from colordiff import caption_cache as caption
 from colordiff.semantics import CaptionerConfig, build_generator, grayscale
 from colordiff.semantics.testing import save_tiny_blip
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("caption_script", REPO / "scripts" / "caption.py")
-caption = sys.modules["caption_script"] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
-spec.loader.exec_module(caption)
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,19 @@
 """`colordiff colorize --captions FILE`: per-image captions from a JSONL file (scripts/caption.py's format) take the
 place of the captioner, for ColorDiff (into the prompt template) and SeAda (into the semantic adapter)."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from colordiff import caption_cache
 from colordiff.cli import main
 from colordiff.semantics import PRIORS_FILE
 from colordiff.semantics.testing import save_tiny_prior_generators
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "2", "--resolution", "64"]
 
 
@@ -88,13 +86,6 @@ def _model_with_generators(tiny_model_dir: Path, generators: Path, target: Path)
     return target
 
 
-def _caption_script():
-    spec = importlib.util.spec_from_file_location("caption_script_for_colorize", REPO / "scripts" / "caption.py")
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_caption_script_output_replaces_the_captioner_which_is_not_loaded(photos, tmp_path, tiny_model_dir,
                                                                            generators, capsys):
     """scripts/caption.py's file over the same folder works as is; with it the recorded captioner is never loaded
@@ -102,8 +93,8 @@ def test_caption_script_output_replaces_the_captioner_which_is_not_loaded(photos
     model = _model_with_generators(tiny_model_dir, generators, tmp_path / "model")
     captions = tmp_path / "captions.jsonl"
     spec = "captioner.max_new_tokens=8 captioner.num_beams=2 captioner.batch_size=16".split()  # as the model records
-    assert _caption_script().main([f"data_dir={photos}", f"output={captions}",
-                                   f"captioner.source={model / 'priors' / 'blip'}", *spec, "device=cpu"]) == 0
+    assert caption_cache.main([f"data_dir={photos}", f"output={captions}",
+                             f"captioner.source={model / 'priors' / 'blip'}", *spec, "device=cpu"]) == 0
     records = {r["path"]: r for r in map(json.loads, captions.read_text().splitlines())}
     assert sorted(records) == ["a.png", "c.png", "sub/b.png"]
 

@@ -124,7 +124,7 @@ def test_num_samples_seed_and_overwrite(tmp_path, tiny_model_dir, capsys):
 def test_a_file_that_fails_fails_alone_and_the_rest_continues(photos, tmp_path, tiny_model_dir, capsys,
                                                                monkeypatch):
     """Per-file isolation: a batch that fails is retried file by file, so only the file that causes it fails."""
-    from colordiff.colorize_jobs import sample_seed
+    from colordiff.colorize_common import sample_seed
     from colordiff.pipelines import ColorDiffPipeline
 
     shutil.rmtree(photos / "bad")

@@ -12,7 +12,8 @@ from PIL import Image
 
 from colordiff import claims
 from colordiff.cli import main
-from colordiff.colorize_jobs import Job, plan_batches, sample_seed
+from colordiff.colorize_common import sample_seed
+from colordiff.colorize_jobs import Job, plan_batches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = ["--steps", "2", "--resolution", "64"]
@@ -87,6 +88,7 @@ def test_ctrl_c_prints_the_summary_so_far_and_exits_130(folder, tmp_path, tiny_m
 def test_an_unusable_output_folder_is_a_usage_error_before_the_model_loads(folder, tmp_path, tiny_model_dir, capsys,
                                                                             monkeypatch, case):
     import colordiff.colorize as colorize
+    import colordiff.colorize_common as common
 
     monkeypatch.setattr(colorize, "load_model", lambda *a: pytest.fail("the model must not load"))
     blocker = tmp_path / "file"
@@ -96,7 +98,7 @@ def test_an_unusable_output_folder_is_a_usage_error_before_the_model_loads(folde
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(colorize.tempfile, "mkstemp", refuse)
+        monkeypatch.setattr(common.tempfile, "mkstemp", refuse)
     assert _colorize(folder, out, tiny_model_dir) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(out) in err and case.split()[-1] in err

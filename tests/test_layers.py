@@ -27,9 +27,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "colordiff.protocol", "colordiff.testing",
     )),
     ("applications", (
-        "colordiff.colorize", "colordiff.colorize_jobs", "colordiff.captions_file", "colordiff.init_model",
-        "colordiff.evaluate", "colordiff.reproduce", "colordiff.training", "colordiff.mini", "colordiff.video",
-        "colordiff.demo", "colordiff.cli_options",
+        "colordiff.colorize", "colordiff.colorize_common", "colordiff.colorize_jobs", "colordiff.captions_file",
+        "colordiff.caption_cache", "colordiff.init_model", "colordiff.evaluate", "colordiff.reproduce",
+        "colordiff.training", "colordiff.mini", "colordiff.video", "colordiff.demo", "colordiff.cli_options",
     )),
     ("command line", ("colordiff.cli", "colordiff.demo_cli")),
 ]

@@ -24,8 +24,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from colordiff.colorize import ColorizeConfig, load_model, prepare_priors
-from colordiff.colorize_jobs import Job, _write_priors, sample_seed
+from colordiff.colorize import ColorizeConfig
+from colordiff.colorize_common import load_model, prepare_priors, priors_sidecar, sample_seed, write_priors_sidecar
 from colordiff.config import ConfigError, check_settings, error_line
 from colordiff.demo.video import VideoResult, VideoUploadError, colorize_video, is_video
 from colordiff.devices import DTYPES, accelerator_available
@@ -313,12 +313,11 @@ class Colorizer:
         paths = [folder / (f"{stem}.png" if count == 1 else f"{stem}_{k}.png") for k in range(count)]
         for path, image in zip(paths, upload.results, strict=True):
             write_image(path, np.asarray(image), alpha=upload.alpha)
-        settings = upload.settings
-        job = Job(Path(upload.name), Path(upload.name), paths)
+        settings, sidecar = upload.settings, priors_sidecar(folder, Path(upload.name))
         used = upload.used or ImagePriors(extra={"prompt": settings.prompt or ""})
         used = replace(used, extra={**used.extra, "seed": settings.seed, "num_samples": count})
-        _write_priors(job, used, settings, scheduler_name(self.pipe.scheduler))
-        upload.files = [*paths, job.priors_path]
+        write_priors_sidecar(sidecar, Path(upload.name), used, settings, scheduler_name(self.pipe.scheduler))
+        upload.files = [*paths, sidecar]
 
     def _archive(self, session: Session) -> None:
         """The zip of every download (PNGs, sidecars, MP4s), when there is more than one picture or video; written

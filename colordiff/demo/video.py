@@ -20,7 +20,7 @@ from colordiff.images import gray_pil
 from colordiff.video.config import VideoConfig
 from colordiff.video.flow import make_flow
 from colordiff.video.io import VIDEO_SUFFIXES, VideoReadError, open_clip
-from colordiff.video.job import Clip, Model, colorize_clip
+from colordiff.video.job import Clip, FrameColorizer, colorize_clip
 
 # what a demo run never changes for a video (VideoConfig refuses other values)
 VIDEO_FIXED = {"num_samples": 1, "keep_luminance": True, "captions": None, "save_priors": False}
@@ -90,7 +90,7 @@ def colorize_video(pipe, kinds, source: Path, name: str, settings: ColorizeConfi
     clip = Clip(source, Path(name), folder / Path(name).with_suffix(".mp4").name)
     flow = make_flow(config.flow.method, config.flow.raft_weights, config.flow.raft_iters)
     try:
-        colorize_clip(clip, Model(pipe, config, kinds), flow, config, _FrameReport(report))
+        colorize_clip(clip, FrameColorizer(pipe, config, kinds), flow, config, _FrameReport(report))
     except VideoReadError as err:
         raise VideoUploadError(f"{name}: {err.reason}") from None
     _, written = open_clip(clip.target)

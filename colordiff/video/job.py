@@ -18,16 +18,25 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from colordiff import claims
-from colordiff.colorize import check_output_dir, load_model, prepare_priors, resolve_device_dtype
-from colordiff.colorize_jobs import sample_seed
+from colordiff.color import split_luminance
+from colordiff.colorize_common import (
+    check_output_dir,
+    load_model,
+    prepare_priors,
+    report,
+    resolve_device_dtype,
+    sample_seed,
+)
 from colordiff.config import error_line, to_yaml
 from colordiff.devices import accelerator_available
 from colordiff.errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from colordiff.files import remove_stale_temps, scan_folder
+from colordiff.images import Luminance
 from colordiff.io import atomic_folder, atomic_write
 from colordiff.video.encode import FORMAT_SUFFIX, ChunkWriter, assemble, plan_encoding
 from colordiff.video.flow import make_flow
@@ -105,13 +114,13 @@ def run_colorize_video(config) -> int:
             device, dtype = resolve_device_dtype(config.device, config.dtype, state)
             pipe = load_model(config, device, dtype)
             kinds = prepare_priors(pipe, config, device, dtype)
-            model = Model(pipe, config, kinds)
+            colorizer = FrameColorizer(pipe, config, kinds)
         for clip in todo:
             if not claims.acquire(clip.target):
                 skipped += 1
                 continue
             try:
-                colorize_clip(clip, model, flow, config, bar)
+                colorize_clip(clip, colorizer, flow, config, bar)
                 done += 1
             except VideoReadError as err:
                 report(str(err))
@@ -132,15 +141,13 @@ def run_colorize_video(config) -> int:
     return EXIT_FAILURES if status == EXIT_OK and failed else status
 
 
-class Model:
+class FrameColorizer:
     """The pipeline calls of a run: a keyframe's a/b on the grid, or whole frames (temporal=none)."""
 
     def __init__(self, pipe, config, kinds):
         self.pipe, self.config, self.kinds = pipe, config, kinds
 
     def _call(self, luminance: list, seed: int, output_type: str):
-        from colordiff.images import Luminance
-
         images = [Luminance(L) for L in luminance]
         priors = self.pipe.compute_priors(images, self.kinds) if self.kinds else "none"
         c = self.config
@@ -152,14 +159,10 @@ class Model:
 
     def keyframe(self, seed: int):
         """colorize(L_grid (1, 1, h, w)) -> the model's a/b on the grid (2, h, w)."""
-        from colordiff.color import split_luminance
-
         return lambda L: split_luminance(self._call([L], seed, "pt")[0][None])[1][0].float()
 
     def frames(self, seed: int):
         """colorize([L (1, 1, H, W), ...]) -> [(H, W, 3) uint8, ...], each frame at full size."""
-        import numpy as np
-
         return lambda Ls: [np.asarray(image) for image in self._call(Ls, seed, "pil")]
 
 
@@ -171,7 +174,7 @@ def fingerprint(clip: Clip, config) -> str:
     return hashlib.sha256((settings + identity).encode()).hexdigest()
 
 
-def colorize_clip(clip: Clip, model: Model, flow, config, bar) -> None:
+def colorize_clip(clip: Clip, colorizer: FrameColorizer, flow, config, bar) -> None:
     """Colorize one clip: skip the shots a killed run finished, colorize and chunk the rest, then assemble."""
     info, frames = open_clip(clip.source, config.output.frame_rate)
     encoding = plan_encoding(info, config.output)
@@ -202,8 +205,8 @@ def colorize_clip(clip: Clip, model: Model, flow, config, bar) -> None:
                 close_shot()
             k = len(manifest["shots"])
             seed = sample_seed(config.seed, clip.relative, k)
-            shot = (FlowShot(model.keyframe(seed), flow, config) if flow is not None
-                    else PerFrameShot(model.frames(seed), config.batch_size))
+            shot = (FlowShot(colorizer.keyframe(seed), flow, config) if flow is not None
+                    else PerFrameShot(colorizer.frames(seed), config.batch_size))
             writer, count = _start_chunk(clip, k, info, encoding, frame.index), 0
         for _, pts, rgb in shot.push(item):
             writer.write(pts, rgb)
@@ -273,6 +276,3 @@ def _assemble(clip: Clip, manifest: dict, info, encoding) -> None:
             assemble(chunks, info, encoding, tmp, lambda line: report(f"{clip.source}: {line}"))
     shutil.rmtree(clip.parts, ignore_errors=True)
 
-
-def report(message: str) -> None:
-    tqdm.write(f"colordiff: {message}", file=sys.stderr)
