@@ -198,6 +198,41 @@ def test_a_killed_run_resumes_at_the_first_unfinished_shot_and_gives_the_same_fi
     assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["cut.mp4"]
 
 
+def test_a_shot_that_fails_closes_its_encoder_and_the_next_clip_goes_on(tmp_path, tiny_model_dir, monkeypatch,
+                                                                       capsys):
+    from colordiff.video import job, propagate
+
+    for name in ("a", "b"):
+        write_clip(tmp_path / "in" / f"{name}.mp4", camera_frames(_photo("kodim05.jpg"), (96, 64), 6, "pan"))
+    writers, push = [], propagate.FlowShot.push
+
+    class Recording(job.ChunkWriter):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.ended = None
+            writers.append(self)
+
+        def close(self):
+            self.ended = "closed"
+            super().close()
+
+        def abort(self):
+            self.ended = "aborted"
+            super().abort()
+
+    def fails_in_clip_a(self, frame):
+        if writers[-1].path.parts[-2] == ".a.mp4.parts" and frame.index == 3:
+            raise RuntimeError("CUDA out of memory")
+        return push(self, frame)
+
+    monkeypatch.setattr(job, "ChunkWriter", Recording)
+    monkeypatch.setattr(propagate.FlowShot, "push", fails_in_clip_a)
+    assert _colorize([tmp_path / "in"], tmp_path / "out", tiny_model_dir) == 1
+    assert "a.mp4: colorization failed: RuntimeError: CUDA out of memory" in capsys.readouterr().err
+    assert [w.ended for w in writers] == ["aborted", "closed"]  # the failed shot's encoder is not left open
+    assert (tmp_path / "out" / "b.mp4").is_file() and not (tmp_path / "out" / "a.mp4").exists()
+
+
 def test_frames_folder_in_frames_folder_out(tmp_path, tiny_model_dir):
     folder = tmp_path / "reel"
     folder.mkdir()

@@ -188,32 +188,40 @@ def colorize_clip(clip: Clip, colorizer: FrameColorizer, flow, config, bar) -> N
     detector, shot, writer, count, seen = CutDetector(config.shots), None, None, 0, 0
 
     def close_shot():
-        nonlocal count
+        nonlocal count, writer
         for _, pts, rgb in shot.finish():
             writer.write(pts, rgb)
             count += 1
             bar.update(1)
         _finish_chunk(clip, manifest, writer, count)
+        writer = None
 
-    for frame in frames:
-        seen += 1
-        if frame.index < resume:
-            continue
-        item = analyse(frame.index, frame.pts, frame.rgb, config.flow.grid)
-        if detector(item.gray):
-            if shot is not None:
-                close_shot()
-            k = len(manifest["shots"])
-            seed = sample_seed(config.seed, clip.relative, k)
-            shot = (FlowShot(colorizer.keyframe(seed), flow, config) if flow is not None
-                    else PerFrameShot(colorizer.frames(seed), config.batch_size))
-            writer, count = _start_chunk(clip, k, info, encoding, frame.index), 0
-        for _, pts, rgb in shot.push(item):
-            writer.write(pts, rgb)
-            count += 1
-            bar.update(1)
-    if shot is not None:
-        close_shot()
+    try:
+        for frame in frames:
+            seen += 1
+            if frame.index < resume:
+                continue
+            item = analyse(frame.index, frame.pts, frame.rgb, config.flow.grid)
+            if detector(item.gray):
+                if shot is not None:
+                    close_shot()
+                k = len(manifest["shots"])
+                seed = sample_seed(config.seed, clip.relative, k)
+                shot = (FlowShot(colorizer.keyframe(seed), flow, config) if flow is not None
+                        else PerFrameShot(colorizer.frames(seed), config.batch_size))
+                writer, count = _start_chunk(clip, k, info, encoding, frame.index), 0
+            for _, pts, rgb in shot.push(item):
+                writer.write(pts, rgb)
+                count += 1
+                bar.update(1)
+        if shot is not None:
+            close_shot()
+    except BaseException:  # a failed or interrupted shot: its encoder (and threads) end now, not when collected
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        frames.close()  # the input's decoder too
     if seen == 0:
         raise VideoReadError(clip.source, "no frames")
     _assemble(clip, manifest, info, encoding)
