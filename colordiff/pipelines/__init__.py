@@ -10,7 +10,8 @@ in diffusers. `import colordiff` alone does not import diffusers (the command li
 import diffusers
 from diffusers.pipelines import auto_pipeline
 
-from colordiff.pipelines.colordiff_pipeline import ColorDiffPipeline, ColorDiffPipelineOutput
+from colordiff.pipelines.base import ColorDiffPipelineOutput
+from colordiff.pipelines.colordiff_pipeline import ColorDiffPipeline
 from colordiff.pipelines.registry import PIPELINES, load_pipeline, pipeline_class_for
 from colordiff.pipelines.seada_pipeline import SeAdaPipeline
 

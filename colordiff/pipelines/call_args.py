@@ -2,21 +2,69 @@
 
 Images (one, a list, or a batched (B, 3, H, W) tensor / (B, H, W, 3) array; `image=` as diffusers' image-to-image
 pipelines name it), per-image texts and embeddings, `num_images_per_prompt` copies, one generator and optional
-initial latents per output, the `callback_on_step_end` protocol, and stacking the outputs.
+initial latents per output, the `callback_on_step_end` protocol, and stacking the outputs; and the records a call
+hands from step to step (TextCondition, CallSettings, Batch).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
 import torch
 
 from colordiff.images import ImageInput, Luminance
+from colordiff.semantics.priors import Instances
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class TextCondition:
+    """The texts of one batch, per image: prompts or their embeddings, negative prompts or theirs."""
+
+    prompts: list[str | None]
+    embeds: list[torch.Tensor] | None  # B x (1, L, d), given instead of prompts
+    negatives: list[str | None]
+    negative_embeds: list[torch.Tensor] | None  # B x (1, L, d), given instead of negative prompts
+
+    def take(self, indices: list[int]) -> TextCondition:
+        """The texts of images `indices` (in that order)."""
+        def pick(items):
+            return None if items is None else [items[i] for i in indices]
+
+        return TextCondition(pick(self.prompts), pick(self.embeds), pick(self.negatives), pick(self.negative_embeds))
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """What every batch of one call is sampled and returned with."""
+
+    num_inference_steps: int
+    guidance_scale: float
+    seg_strength: float  # s of Eq.4-5; 0 for a pipeline without segmentation guidance
+    eta: float | None
+    output_type: str
+    keep_luminance: bool
+    resolution: int
+    num_images_per_prompt: int
+    callback: Callable | None
+    callback_tensor_inputs: Sequence[str]
+
+
+@dataclass
+class Batch:
+    """The outputs of one call that share a working size, colorized together; one entry per output."""
+
+    size: tuple[int, int]  # (h, w): the model's input size
+    luminance: list[torch.Tensor]  # b x (1, 1, H, W): the exact L of each output's image
+    texts: TextCondition
+    instances: list[Instances | None]
+    generators: list[torch.Generator]
+    initial: list[torch.Tensor | None]  # b x (C, h/8, w/8) latents given by the caller, or None: drawn
 
 
 def input_images(images, image) -> list[ImageInput]:
@@ -165,3 +213,18 @@ class StepCallback:
             if name != "latents" and name in given and value is not given[name]:
                 raise ValueError(f"callback_on_step_end returned a new {name!r}; only 'latents' can be replaced")
         return returned.get("latents")
+
+
+def timestep_count(scheduler, num_inference_steps: int) -> int:
+    """How many model evaluations `num_inference_steps` makes with `scheduler` (len of its timesteps)."""
+    solver = type(scheduler).from_config(scheduler.config)
+    solver.set_timesteps(num_inference_steps)
+    return len(solver.timesteps)
+
+
+def check_instances(instances: list[Instances | None], luminance: list[torch.Tensor]) -> None:
+    """Each image's instance masks (K, H, W) have the image's size."""
+    for index, (inst, lum) in enumerate(zip(instances, luminance, strict=True)):
+        if inst is not None and tuple(inst.masks.shape[-2:]) != tuple(lum.shape[-2:]):
+            raise ValueError(f"image {index}: instance masks are {tuple(inst.masks.shape[-2:])} but the image is "
+                             f"{tuple(lum.shape[-2:])} (H, W)")

@@ -8,30 +8,18 @@ DDIM -> VAE decoder -> the input's exact luminance with the model's a/b, at the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTokenizer
 
-from colordiff.images import ImageInput, Luminance, luminance_of, working_gray
 from colordiff.models.control import ControlledDenoiser, SeAdaControlModel
 from colordiff.models.semantic_adapter import SemanticAdapter
-from colordiff.pipelines.call_args import (
-    StepCallback,
-    batch_noise,
-    per_image,
-    per_image_embeds,
-)
-from colordiff.pipelines.colordiff_pipeline import ColorDiffPipelineOutput
-from colordiff.pipelines.conventions import ColorizationPipelineMixin, TextCondition
+from colordiff.pipelines.base import ColorDiffPipelineOutput, ColorizationPipeline, stable_diffusion_parts
 from colordiff.pipelines.recorded_priors import RecordsPriorGenerators, SafetensorsLoraLoaderMixin
-from colordiff.sampling import initial_noise, sample
-from colordiff.schedulers import check_prediction_type
-from colordiff.semantics.generators import PriorGenerators, resolve_prior_kinds
+from colordiff.semantics.generators import PriorGenerators
 from colordiff.semantics.priors import ImagePriors
 
 SeAdaPipelineOutput = ColorDiffPipelineOutput  # images (+ the priors used)
@@ -72,12 +60,15 @@ class SeAdaLoraLoaderMixin(SafetensorsLoraLoaderMixin):
         super().unfuse_lora(components=list(components), **kwargs)
 
 
-class SeAdaPipeline(RecordsPriorGenerators, ColorizationPipelineMixin, SeAdaLoraLoaderMixin, StableDiffusionMixin,
+class SeAdaPipeline(RecordsPriorGenerators, ColorizationPipeline, SeAdaLoraLoaderMixin, StableDiffusionMixin,
                     DiffusionPipeline):
-    """SeAda inference: semantic adapter + controlled Stable Diffusion. Same call contract as ColorDiffPipeline
-    (`prompt_embeds` are the adapter's refined embeddings e_r); LoRA loads into the U-Net and the control model."""
+    """SeAda inference: semantic adapter + controlled Stable Diffusion. Same call as ColorDiffPipeline: `prompt`
+    replaces the gray caption Des_g, `prompt_embeds` / `negative_prompt_embeds` are the adapter's refined embeddings
+    e_r (B or 1, L, d); `priors`: the caption only; `seg_strength` is accepted (for the shared CLI) and ignored, as
+    SeAda has no segmentation guidance. LoRA loads into the U-Net and the control model."""
 
     model_cpu_offload_seq = "adapter->control->unet->vae"
+    prior_kinds = ("caption",)  # Des_g
 
     def __init__(self, vae: AutoencoderKL, unet: UNet2DConditionModel, control: SeAdaControlModel,
                  adapter: SemanticAdapter, tokenizer: CLIPTokenizer, scheduler: SchedulerMixin,
@@ -113,54 +104,15 @@ class SeAdaPipeline(RecordsPriorGenerators, ColorizationPipelineMixin, SeAdaLora
         """Assemble an untrained SeAda model from Stable Diffusion 1.5 weights (hub id or folder; safetensors only).
 
         `kwargs` go to every `from_pretrained` (e.g. `local_files_only=True`)."""
-        kwargs = {"use_safetensors": True, **kwargs}
-        weights = {} if dtype is None else {"dtype": dtype}
-        plain = {k: v for k, v in kwargs.items() if k != "use_safetensors"}
-        sd = SimpleNamespace(
-            unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet", **weights, **kwargs),
-            vae=AutoencoderKL.from_pretrained(base, subfolder="vae", **weights, **kwargs),
-            text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **weights, **kwargs),
-            tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **plain),
-            scheduler=DDIMScheduler.from_pretrained(base, subfolder="scheduler", **plain),
-        )
-        return cls.from_stable_diffusion_components(sd, mapper_channels=mapper_channels, use_rca=use_rca,
+        return cls.from_stable_diffusion_components(stable_diffusion_parts(base, dtype, **kwargs),
+                                                    mapper_channels=mapper_channels, use_rca=use_rca,
                                                     use_trainable_embedding=use_trainable_embedding,
                                                     rca_head_dim=rca_head_dim)
 
-    # -- captions (the captioner prior) ---------------------------------------------------------------------------
-    def resolve_priors(self, priors: str | list[str] | None = "auto") -> tuple[str, ...]:
-        """SeAda uses the caption prior only; asking for category or segmentation is an error."""
-        available = () if self.prior_generators is None else self.prior_generators.available
-        origin = f"model {getattr(self.config, '_name_or_path', None) or '(in memory)'}"
-        kinds = resolve_prior_kinds(priors, available, origin)
-        if priors not in (None, "auto") and any(k != "caption" for k in kinds):
-            raise ValueError(f"SeAda conditions on the gray caption only; cannot use priors {list(kinds)}")
-        return tuple(k for k in kinds if k == "caption")
-
-    def compute_priors(self, images: list[ImageInput], priors: str | list[str] | None = "auto") -> list[ImagePriors]:
-        kinds = self.resolve_priors(priors)
-        if not kinds:
-            return [ImagePriors() for _ in images]
-        return self.prior_generators.compute(images, kinds, self._execution_device, self.unet.dtype)
-
-    def captions_for(self, images, priors, prompt) -> tuple[list[str], list[ImagePriors] | None]:
-        """Des_g per image: `prompt` when given, else the caption prior (precomputed or computed now), else ""."""
-        if prompt is not None:
-            return per_image(prompt, len(images), "prompt"), None
-        if isinstance(priors, list | tuple) and priors and isinstance(priors[0], ImagePriors | dict):
-            if len(priors) != len(images):
-                raise ValueError(f"got {len(priors)} precomputed priors for {len(images)} images")
-            image_priors = [p if isinstance(p, ImagePriors) else ImagePriors.from_dict(p) for p in priors]
-        elif self.resolve_priors(priors):
-            image_priors = self.compute_priors(images, priors)
-        else:
-            return [""] * len(images), None
-        return [p.caption or "" for p in image_priors], image_priors
-
-    # -- pieces ---------------------------------------------------------------------------------------------------
-    @property
-    def _denoiser_config(self):
-        return self.control.config
+    # -- what differs from ColorDiff (see ColorizationPipeline) ---------------------------------------------------
+    def prior_prompt(self, priors: ImagePriors) -> str:
+        """Des_g: the gray caption ("" without one)."""
+        return priors.caption or ""
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids (B, L), padded to the tokenizer's maximum length."""
@@ -171,74 +123,22 @@ class SeAdaPipeline(RecordsPriorGenerators, ColorizationPipelineMixin, SeAdaLora
         """Eq.2-3: gray captions -> refined embeddings e_r (B, L, d)."""
         return self.adapter(self.tokenize(captions)).e_r
 
-    # -- call -------------------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def __call__(self, images=None, prompt: str | list[str] | None = None, num_inference_steps: int = 50,
-                 guidance_scale: float = 7.5, generator=None, resolution: int = 512, keep_luminance: bool = True,
-                 negative_prompt: str | list[str] | None = None, output_type: str = "pil", return_dict: bool = True,
-                 priors="auto", seg_strength: float = 0.0, *, image=None, num_images_per_prompt: int = 1,
-                 eta: float | None = None, latents=None, prompt_embeds: torch.Tensor | None = None,
-                 negative_prompt_embeds: torch.Tensor | None = None, callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: list[str] = ("latents",)) -> ColorDiffPipelineOutput | tuple:
-        """Colorize `images` (any sizes). `prompt` replaces the gray caption Des_g; `prompt_embeds` /
-        `negative_prompt_embeds` replace the adapter's e_r (B or 1, L, d) of the caption / negative prompt; every
-        other argument as in ColorDiffPipeline (`priors`: caption only). `seg_strength` is accepted for the shared
-        CLI and ignored: SeAda has no segmentation guidance.
-        """
-        images, generators, initial = self._start_call(
-            images, image, output_type, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
-            callback_on_step_end_tensor_inputs, num_images_per_prompt, generator, latents, guidance_scale,
-            num_inference_steps)
-        count = len(images)
+    @property
+    def denoiser_model(self) -> SeAdaControlModel:
+        return self.control
 
-        device = self._execution_device
-        luminance = [luminance_of(im, device) for im in images]  # B x (1, 1, H, W), the only full-size tensors
-        embeds = per_image_embeds(prompt_embeds, count, "prompt_embeds")
-        if embeds is not None:
-            captions, image_priors = [None] * count, None
-        else:
-            captions, image_priors = self.captions_for([Luminance(lum) for lum in luminance], priors, prompt)
-        if image_priors:
-            image_priors = [ImagePriors(caption=p.caption, extra={**p.extra, "prompt": c})
-                            for p, c in zip(image_priors, captions, strict=True)]
-        negative_embeds = per_image_embeds(negative_prompt_embeds, count, "negative_prompt_embeds")
-        negatives = [None] * count if negative_embeds else per_image(negative_prompt or "", count, "negative prompt")
+    def encode_condition(self, gray: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """The control image is the gray image itself (B, 3, h, w): the conditional mapper encodes it."""
+        return gray, None
 
-        texts = TextCondition(captions, embeds, negatives, negative_embeds)
-        results = self._colorize_outputs(luminance, num_images_per_prompt, resolution, keep_luminance, output_type,
-                                         lambda size, mine, indices: self._colorize_batch(
-                                             [luminance[i] for i in mine], size, texts.take(mine),
-                                             [generators[j] for j in indices], [initial[j] for j in indices],
-                                             num_inference_steps, guidance_scale, eta, output_type == "latent",
-                                             callback_on_step_end, callback_on_step_end_tensor_inputs))
-        return ColorDiffPipelineOutput(images=results, priors=image_priors) if return_dict else (results,)
+    def denoiser(self) -> ControlledDenoiser:
+        """The ControlNet (with its mapper) and RCA blocks steering SD's frozen U-Net."""
+        return ControlledDenoiser(self.control, self.unet)
 
-    def _refined_embeddings(self, texts: list[str | None], given: list[torch.Tensor] | None) -> torch.Tensor:
-        """e_r (B, L, d): given, or the adapter's of `texts`."""
-        return torch.cat(given).to(self._execution_device) if given is not None else self.encode_captions(texts)
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.encode_captions(texts)
 
-    def _colorize_batch(self, luminance, size, texts: TextCondition, generators, initial, steps, guidance, eta,
-                        return_latents, callback, callback_inputs):
-        """Colorize images of one working size `size` as one batch; the decoded RGB (B, 3, h, w), or z_0."""
-        device, dtype = self._execution_device, self.unet.dtype
-        gray = torch.cat([working_gray(lum, size) for lum in luminance])  # (B, 3, h, w) in [0, 1]
-        text_embeds = self._refined_embeddings(texts.prompts, texts.embeds).to(dtype)  # (B, L, d)
-        use_cfg = guidance > 1.0
-        if use_cfg and texts.embeds is None and texts.negative_embeds is None:  # equal texts: both branches equal
-            use_cfg = any(c != n for c, n in zip(texts.prompts, texts.negatives, strict=True))
-        uncond = self._refined_embeddings(texts.negatives, texts.negative_embeds).to(dtype) if use_cfg else None
-        latent_shape = (self.unet.config.in_channels, size[0] // self.vae_scale_factor,
-                        size[1] // self.vae_scale_factor)
-        check_prediction_type(self.control, self.scheduler)
-        noise = batch_noise(initial_noise(generators, latent_shape, device, dtype), initial)  # (B, 4, h/8, w/8)
-        denoiser = ControlledDenoiser(self.control, self.unet)
-        tensors = {"prompt_embeds": text_embeds, "negative_prompt_embeds": uncond, "condition_latents": gray}
-        with self.progress_bar(total=steps) as bar:
-            latents = sample(denoiser, self.scheduler, noise, gray.to(dtype), text_embeds, uncond,
-                             num_inference_steps=steps, guidance_scale=guidance, generators=generators, eta=eta,
-                             on_step=StepCallback(self, callback, callback_inputs, tensors, bar),
-                             stop=lambda: self._interrupt)
-        if return_latents:
-            return latents
+    def decode(self, latents: torch.Tensor, decoder_input: None = None) -> torch.Tensor:
+        """z_0 (B, 4, h/8, w/8) -> RGB (B, 3, h, w) in [0, 1] through SD's VAE decoder."""
         decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-        return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0)  # (B, 3, h, w)
+        return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0)
