@@ -52,8 +52,15 @@ def training_steps(model_size: str, device: torch.device, dtype: torch.dtype, ba
     """{name: step function} for our U-Net step (precomputed latents and on-the-fly), the SD fine-tune baseline,
     our decoder step and the plain decoder baseline, all at the same sizes."""
     sd = tiny_stable_diffusion() if model_size == "tiny" else sd15_shaped_stable_diffusion()
-    scheduler = DDPMScheduler.from_config(SD15_SCHEDULER_CONFIG)  # ignores the DDIM-only keys
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    unet_steps, color, gray = _unet_steps(sd, device, dtype, autocast, batch, resolution, gradient_checkpointing)
+    return {**unet_steps, **_decoder_steps(sd, device, autocast, color, gray)}
+
+
+def _unet_steps(sd, device, dtype, autocast, batch: int, resolution: int, gradient_checkpointing: bool):
+    """Our U-Net step (Eq.2; precomputed latents and on the fly) and the SD fine-tune baseline; and the random color
+    batch (B, 3, H, W) in [-1, 1] with its gray version, which the decoder steps share."""
+    scheduler = DDPMScheduler.from_config(SD15_SCHEDULER_CONFIG)  # ignores the DDIM-only keys
     vae = LuminanceAwareAutoencoderKL.from_vae(sd.vae).to(device, dtype).requires_grad_(False).eval()
     text_encoder = sd.text_encoder.to(device, dtype).requires_grad_(False)
     ids = sd.tokenizer(["a photo"] * batch, padding="max_length", max_length=sd.tokenizer.model_max_length,
@@ -94,6 +101,14 @@ def training_steps(model_size: str, device: torch.device, dtype: torch.dtype, ba
             loss = F.mse_loss(prediction.float(), noise)
         _optimizer_step(loss, opt_base)
 
+    steps = {"unet_precomputed": lambda: unet_step(True), "unet_vae_on_the_fly": lambda: unet_step(False),
+             "baseline_sd_finetune": baseline_step}
+    return steps, color, gray
+
+
+def _decoder_steps(sd, device, autocast, color: torch.Tensor, gray: torch.Tensor) -> dict:
+    """Our decoder step (Eq.7, skips from the gray image's encoder features) and the plain decoder fine-tune."""
+    batch = color.shape[0]
     decoder_vae = LuminanceAwareAutoencoderKL.from_vae(sd.vae).to(device)
     decoder_vae.requires_grad_(False)
     trainable = [*decoder_vae.decoder.parameters(), *decoder_vae.post_quant_conv.parameters(),
@@ -114,13 +129,7 @@ def training_steps(model_size: str, device: torch.device, dtype: torch.dtype, ba
             loss = decoder_loss(decoded, color, perceptual, 0.1)
         _optimizer_step(loss, opt_decoder)
 
-    return {
-        "unet_precomputed": lambda: unet_step(True),
-        "unet_vae_on_the_fly": lambda: unet_step(False),
-        "baseline_sd_finetune": baseline_step,
-        "decoder": lambda: decoder_step(True),
-        "baseline_decoder_finetune": lambda: decoder_step(False),
-    }
+    return {"decoder": lambda: decoder_step(True), "baseline_decoder_finetune": lambda: decoder_step(False)}
 
 
 def run_training_benchmark(model_size: str, device: torch.device, dtype: torch.dtype, batch: int, resolution: int,
