@@ -1,11 +1,11 @@
 """Samplers as pure functions of (model, latents, timesteps, conditions).
 
-ColorDiff's conditional diffusion model (paper 000, Eq.3): z_{t-1} = CDM(z_t, t, z_c, c_t), run with any diffusers
+ColorDiff's conditional diffusion model (000 Eq.3): z_{t-1} = CDM(z_t, t, z_c, c_t), run with any diffusers
 scheduler (DDIM by default, as in the paper) and classifier-free guidance on the text. The grayscale latent z_c is
 kept in both guidance branches: only the text is dropped for the unconditional branch, as in training
 (conditioning dropout replaces the prompt with "").
 
-Segmentation guidance (Eq.4-5): during the first steps each instance i also predicts its noise from its image's z_t,
+Segmentation guidance (000 Eq.4-5): during the first steps each instance i also predicts its noise from its image's z_t,
 the masked condition z_c * M^i and its label L^i; the image's noise prediction becomes the mask-weighted composite
 of its own and its instances' (see `segmentation_composite`), and the scheduler takes one step. A DDIM step (eta 0)
 is affine in the noise for a fixed z_t, so this equals the paper's composite of the z_{t-1} predictions; for other
@@ -101,13 +101,14 @@ def sample(
     timestep_cond: torch.Tensor | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
-    """Run `scheduler`'s sampler from `noise` (B, 4, h, w) to z_0 (Eq.3 at every step); returns (B, 4, h, w).
+    """Run `scheduler`'s sampler from `noise` (B, 4, h, w) to z_0 (000 Eq.3 at every step); returns (B, 4, h, w).
 
     The scheduler is copied (`from_config`), so the caller's object is never mutated and the function stays pure; the
     copy's own set_timesteps / init_noise_sigma / scale_model_input / step drive the loop. Schedulers whose step
     draws noise (DDPM, Euler a, LCM, TCD, DDIM with eta > 0) draw it from `generators`, one per image, so a result
     depends only on its image's seed. `eta` goes to schedulers that take one (None: the scheduler's default; DDIM's
-    is 0, deterministic). With `segmentation`, the first `guided_step_count(steps, strength)` steps are Eq.4-5 steps.
+    is 0, deterministic). With `segmentation`, the first `guided_step_count(steps, strength)` steps are 000 Eq.4-5
+    steps.
 
     `on_step(step, t, latents)` runs after each step; a tensor it returns replaces the latents (as diffusers'
     callback_on_step_end may). `stop()` is asked before each step; True ends the loop there (diffusers' `interrupt`):
@@ -145,10 +146,10 @@ def sample(
     return latents
 
 
-# -- segmentation guidance, Eq.4-5 ---------------------------------------------------------------------------------
+# -- segmentation guidance, 000 Eq.4-5 -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SegmentationGuidance:
-    """The instances of a batch for Eq.4-5, already on the latent grid; K may be 0."""
+    """The instances of a batch for 000 Eq.4-5, already on the latent grid; K may be 0."""
 
     masks: torch.Tensor  # (K, 1, h, w) in {0, 1}: M^i, see `masks_to_latent_grid`
     owners: torch.Tensor  # (K,) long: the batch index of the image each instance belongs to
@@ -194,12 +195,12 @@ def segmentation_composite(
     latents: torch.Tensor, instance_latents: torch.Tensor, masks: torch.Tensor, owners: torch.Tensor,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Eq.5, corrected: z_hat = z (1 - M_any) + M_any * sum_i z^i M^i / max(sum_i M^i, eps), per image; applied to
+    """000 Eq.5, corrected: z_hat = z (1 - M_any) + M_any * sum_i z^i M^i / max(sum_i M^i, eps), per image; applied to
     the noise predictions (see the module docstring), z stands for either.
 
-    As printed, Eq.5 sums k full latents [z (1 - M^i) + z^i M^i], which scales z by k outside the masks. The intended
-    blend keeps the image's own z_{t-1} outside every mask, takes z^i_{t-1} inside instance i's mask, and averages the
-    instances where masks overlap. M_any is the union (max) of an image's masks.
+    As printed, 000 Eq.5 sums k full latents [z (1 - M^i) + z^i M^i], which scales z by k outside the masks. The
+    intended blend keeps the image's own z_{t-1} outside every mask, takes z^i_{t-1} inside instance i's mask, and
+    averages the instances where masks overlap. M_any is the union (max) of an image's masks.
     latents (B, 4, h, w); instance_latents (K, 4, h, w); masks (K, 1, h, w); owners (K,) -> (B, 4, h, w).
     """
     batch = latents.shape[0]
@@ -222,10 +223,10 @@ def segmentation_noise_prediction(
     segmentation: SegmentationGuidance,
     timestep_cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Eq.4-5 in noise space: the images and all their instances, both CFG branches, in ONE U-Net call, composited
+    """000 Eq.4-5 in noise space: the images and all their instances, both CFG branches, in ONE U-Net call, composited
     per image into one noise prediction (B, 4, h, w) for the scheduler's step.
 
-    Instance i starts from its image's z_t, sees the masked condition z_c * M^i and its label's embedding (Eq.4).
+    Instance i starts from its image's z_t, sees the masked condition z_c * M^i and its label's embedding (000 Eq.4).
     Where only one side has CFG, the other side's text stands in for its missing unconditional branch: identical
     branches make eps_u + w (eps_c - eps_u) = eps_c, so that side is unguided as it would be alone.
     """

@@ -15,7 +15,7 @@ model at 4 / 2 steps) on a trained model's held-out photos, the miniature's by d
 
     python scripts/benchmark.py --config configs/benchmark/samplers.yaml
 
-`mode=guidance` measures segmentation guidance (Eq.4-5) instead: seconds per image with 0, 1, 3 and 8 instances at
+`mode=guidance` measures segmentation guidance (000 Eq.4-5) instead: seconds per image with 0, 1, 3 and 8 instances at
 s = 0.3, next to the U-Net FLOP ratio those counts imply, and the prior generators' images per second.
 
     python scripts/benchmark.py mode=guidance
@@ -50,7 +50,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "photos"
 
 @dataclass
 class BenchmarkConfig:
-    mode: str = "pipelines"  # pipelines: ours vs img2img | guidance: Eq.4-5 cost and prior generators' images/s
+    mode: str = "pipelines"  # pipelines: ours vs img2img | guidance: 000 Eq.4-5 cost and prior generators' images/s
     #                          | train: training steps vs a plain SD fine-tune | seada: SeAda vs diffusers' ControlNet
     model_size: str = "tiny"  # tiny | sd15 (random weights with SD1.5's architecture)
     device: str = "auto"  # auto: cuda if available

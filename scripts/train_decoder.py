@@ -1,4 +1,4 @@
-"""Train ColorDiff's luminance-aware decoder (paper 000, Eq.6-7).
+"""Train ColorDiff's luminance-aware decoder (000 Eq.6-7).
 
     accelerate launch scripts/train_decoder.py --config configs/colordiff/decoder.yaml [key=value ...]
 """

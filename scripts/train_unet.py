@@ -1,4 +1,4 @@
-"""Train ColorDiff's concat U-Net (paper 000, Eq.2).
+"""Train ColorDiff's concat U-Net (000 Eq.2).
 
     accelerate launch scripts/train_unet.py --config configs/colordiff/unet.yaml [key=value ...]
 """

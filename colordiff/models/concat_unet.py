@@ -1,4 +1,4 @@
-"""ColorDiff's denoising U-Net: SD's U-Net with the grayscale latent concatenated at its input (paper 000, Eq.1)."""
+"""ColorDiff's denoising U-Net: SD's U-Net with the grayscale latent concatenated at its input (000 Eq.1)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from colordiff.models._config import extend_init_signature
 
 
 class ConcatUNet2DConditionModel(UNet2DConditionModel):
-    """Eq.1: z'_t = conv1x1(concat(z_t, z_c)), then Stable Diffusion's U-Net unchanged.
+    """000 Eq.1: z'_t = conv1x1(concat(z_t, z_c)), then Stable Diffusion's U-Net unchanged.
 
     The 1x1 `condition_fuse` conv maps `in_channels + condition_channels` -> `in_channels`. Its identity-on-z_t,
     zero-on-z_c initialisation (`init_condition_fuse`) makes an untrained model exactly SD's U-Net, so fine-tuning

@@ -1,4 +1,4 @@
-"""ColorDiff's luminance-aware VAE: SD's VAE with skips from the frozen encoder into the decoder (paper 000, Eq.6)."""
+"""ColorDiff's luminance-aware VAE: SD's VAE with skips from the frozen encoder into the decoder (000 Eq.6)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from colordiff.models._config import extend_init_signature
 
 
 class LuminanceAwareAutoencoderKL(AutoencoderKL):
-    """Eq.6: f^_up^j = f_up^j + alpha_i * conv(f_down^i), i = 0, 1, 2 and j = 3, 2, 1.
+    """000 Eq.6: f^_up^j = f_up^j + alpha_i * conv(f_down^i), i = 0, 1, 2 and j = 3, 2, 1.
 
     f_down^i is the output of encoder down-block i's resnets (before its downsampler, resolution H / 2^i), computed
     from the grayscale input. It is added to the input of decoder up-block j = n - 1 - i (n = number of blocks), the
     only decoder point at the same resolution. alpha_i starts at zero, so an untrained model decodes exactly like SD's
     VAE; the skip convs keep their default initialisation so that alpha_i gets a gradient from the first step.
-    The encoder stays frozen during training (Eq.7 trains the decoder, the skip convs and the alphas).
+    The encoder stays frozen during training (000 Eq.7 trains the decoder, the skip convs and the alphas).
 
     `encode_with_features` / `decode_with_features` are this model's encoder and decoder; both honour diffusers'
     `enable_slicing()` and `enable_tiling()`. `decode(z)` has no features: it raises while a skip is active
@@ -60,11 +60,11 @@ class LuminanceAwareAutoencoderKL(AutoencoderKL):
         return model.to(vae.device) if model.dtype == vae.dtype else model.to(vae.device, vae.dtype)
 
     def luminance_parameters(self) -> list[nn.Parameter]:
-        """The parameters Eq.6 adds (skip convs and alphas)."""
+        """The parameters 000 Eq.6 adds (skip convs and alphas)."""
         return [*self.luminance_skips.parameters(), self.luminance_alphas]
 
     def skips_active(self) -> bool:
-        """Whether any Eq.6 skip changes the output (alpha_i != 0 and its conv not all zero): then a decode without
+        """Whether any 000 Eq.6 skip changes the output (alpha_i != 0 and its conv not all zero): then a decode without
         the encoder features is not this model's decoder."""
         for alpha, conv in zip(self.luminance_alphas, self.luminance_skips, strict=True):
             weights = [conv.weight] if conv.bias is None else [conv.weight, conv.bias]
@@ -75,7 +75,7 @@ class LuminanceAwareAutoencoderKL(AutoencoderKL):
     # -- encoding: the latent distribution and the skip features f_down^i ------------------------------------------
     @apply_forward_hook
     def encode_with_features(self, x: torch.Tensor) -> tuple[DiagonalGaussianDistribution, list[torch.Tensor]]:
-        """Encode `x` (B, 3, H, W) in [-1, 1]: the latent distribution and the Eq.6 skip features f_down^i.
+        """Encode `x` (B, 3, H, W) in [-1, 1]: the latent distribution and the 000 Eq.6 skip features f_down^i.
 
         Honours `enable_slicing()` (image by image) and `enable_tiling()` (tiles of `tile_sample_min_size` pixels,
         blended as diffusers' AutoencoderKL blends its tiled encoding: the moments at the latent resolution, each
@@ -127,7 +127,7 @@ class LuminanceAwareAutoencoderKL(AutoencoderKL):
     # -- decoding ---------------------------------------------------------------------------------------------------
     @apply_forward_hook
     def decode_with_features(self, z: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
-        """Decode `z` (B, 4, h, w) with the grayscale skip features (Eq.6); returns (B, 3, H, W) in about [-1, 1].
+        """Decode `z` (B, 4, h, w) with the grayscale skip features (000 Eq.6); returns (B, 3, H, W) in about [-1, 1].
 
         Honours `enable_slicing()` (image by image) and `enable_tiling()`: latent tiles of `tile_latent_min_size`
         with diffusers' overlap and blend (AutoencoderKL.tiled_decode), each f_down^i cut to the same region at its
@@ -157,7 +157,7 @@ class LuminanceAwareAutoencoderKL(AutoencoderKL):
         return self._decode_tile(z, features)
 
     def _decode_tile(self, z: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
-        """Eq.6 in one decoder pass: f_up^j + alpha_i conv(f_down^i) into up-block j = n - 1 - i."""
+        """000 Eq.6 in one decoder pass: f_up^j + alpha_i conv(f_down^i) into up-block j = n - 1 - i."""
         levels = self.config.luminance_skip_levels
         decoder = self.decoder
         checkpointing = torch.is_grad_enabled() and decoder.gradient_checkpointing
@@ -179,7 +179,7 @@ class LuminanceAwareAutoencoderKL(AutoencoderKL):
         return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(h)))  # (B, 3, H, W)
 
     def _tiled_decode_with_features(self, z: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
-        """AutoencoderKL.tiled_decode with Eq.6: each latent tile decoded with its region of every f_down^i."""
+        """AutoencoderKL.tiled_decode with 000 Eq.6: each latent tile decoded with its region of every f_down^i."""
         size = self.tile_latent_min_size
         stride = int(size * (1 - self.tile_overlap_factor))
         halvings = len(self.config.block_out_channels) - 1
@@ -212,17 +212,17 @@ class LuminanceAwareAutoencoderKL(AutoencoderKL):
         return torch.cat(result_rows, dim=2)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None):
-        """SD's decode, without the Eq.6 skips: allowed only while they change nothing (an untrained model, which
+        """SD's decode, without the 000 Eq.6 skips: allowed only while they change nothing (an untrained model, which
         decodes exactly like SD's VAE). With active skips it raises: decode_with_features(z, features) is this
         model's decoder, and decode_without_skips(z) the explicit way to leave the skips out."""
         if self.skips_active():
-            raise ValueError("this luminance-aware VAE has active Eq.6 skips, which decode(z) would ignore: call "
+            raise ValueError("this luminance-aware VAE has active 000 Eq.6 skips, which decode(z) would ignore: call "
                              "decode_with_features(z, features) with the gray image's encoder features, or "
                              "decode_without_skips(z) to decode without them on purpose")
         return super().decode(z, return_dict=return_dict, generator=generator)
 
     def decode_without_skips(self, z: torch.Tensor, return_dict: bool = True, generator=None):
-        """SD's decoder path with these weights and no Eq.6 skips (alpha_i treated as 0), whatever the alphas are:
+        """SD's decoder path with these weights and no 000 Eq.6 skips (alpha_i treated as 0), whatever the alphas are:
         for a comparison with the skips switched off. Same return type as AutoencoderKL.decode."""
         return super().decode(z, return_dict=return_dict, generator=generator)
 

@@ -1,9 +1,9 @@
-"""SeAda's semantic adapter (paper 001, Sec. 3.3, Fig. 3, Eq.2-3 and the L_r loss of Eq.5).
+"""SeAda's semantic adapter (paper 001, Sec. 3.3, Fig. 3): 001 Eq.2-3 and the L_r loss of 001 Eq.5.
 
 Part (a): a trainable CLIP text encoder SeEnc on the grayscale caption Des_g -> e_g (B, L, d).
 Part (b): a frozen CLIP text encoder on the color caption Des_c -> e_c (B, L, d); used in training only (L_r).
 Part (c): a trainable embedding e_t (L, d) that refines e_g by cross-attention, then an MLP:
-    e_r = MLP(softmax(e_t e_g^T / alpha) e_g + e_g)                                                    (Eq.3)
+    e_r = MLP(softmax(e_t e_g^T / alpha) e_g + e_g)                                                    (001 Eq.3)
 Parts (b) and (c) can be left out (Table 3): without (c), e_r = MLP(e_g).
 """
 
@@ -38,7 +38,7 @@ class SemanticAdapterOutput(BaseOutput):
 
 
 class SemanticMLP(nn.Module):
-    """The MLP of Eq.3, residual with a zero-initialised output layer: it starts as the identity."""
+    """The MLP of 001 Eq.3, residual with a zero-initialised output layer: it starts as the identity."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -51,7 +51,7 @@ class SemanticMLP(nn.Module):
 
 
 class SemanticAdapter(ModelMixin, ConfigMixin):
-    """Eq.2-3: e_g = SeEnc(Des_g); e_r = MLP(softmax(e_t e_g^T / alpha) e_g + e_g).
+    """001 Eq.2-3: e_g = SeEnc(Des_g); e_r = MLP(softmax(e_t e_g^T / alpha) e_g + e_g).
 
     `alpha` None means sqrt(d). e_t starts at zero (uniform attention over e_g's tokens); see the README for why
     the MLP is residual. Save/load with diffusers' `save_pretrained` / `from_pretrained` (safetensors).
@@ -91,7 +91,7 @@ class SemanticAdapter(ModelMixin, ConfigMixin):
         self.gray_encoder.gradient_checkpointing_enable()
 
     def refine(self, e_g: torch.Tensor) -> torch.Tensor:
-        """Eq.3: e_r = MLP(softmax(e_t e_g^T / alpha) e_g + e_g); e_g (B, L, d) -> e_r (B, L, d)."""
+        """001 Eq.3: e_r = MLP(softmax(e_t e_g^T / alpha) e_g + e_g); e_g (B, L, d) -> e_r (B, L, d)."""
         if self.trainable_embedding is None:
             return self.mlp(e_g)
         e_t = self.trainable_embedding.to(e_g.dtype)  # (L, d)
@@ -100,7 +100,7 @@ class SemanticAdapter(ModelMixin, ConfigMixin):
         return self.mlp(attended + e_g)
 
     def encode_gray(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Eq.2: e_g = SeEnc(Des_g), token ids (B, L) -> (B, L, d)."""
+        """001 Eq.2: e_g = SeEnc(Des_g), token ids (B, L) -> (B, L, d)."""
         return self.gray_encoder(input_ids.to(self.device))[0]
 
     def encode_color(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -118,7 +118,7 @@ class SemanticAdapter(ModelMixin, ConfigMixin):
 
 
 def reconstruction_loss(output: SemanticAdapterOutput, target: str = "e_g") -> torch.Tensor:
-    """Eq.5: L_r = MSE(e_c, e_g) as printed (target "e_g"), or MSE(e_c, e_r) (target "e_r")."""
+    """001 Eq.5: L_r = MSE(e_c, e_g) as printed (target "e_g"), or MSE(e_c, e_r) (target "e_r")."""
     if output.e_c is None:
         raise ValueError("L_r needs the color-caption embedding e_c")
     if target not in ("e_g", "e_r"):

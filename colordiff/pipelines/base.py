@@ -5,7 +5,7 @@ What differs between ColorDiff (paper 000) and SeAda (paper 001) is left to each
 `encode_condition` (what the denoiser and the decoder take from the gray image), `denoiser_model` and `denoiser`
 (the network and the call `colordiff.sampling.sample` makes: the concat U-Net, or ControlNet + RCA around SD's
 U-Net), `embed_texts` (CLIP, or the semantic adapter) and `decode` (the luminance-aware decoder, or SD's). Which
-priors a pipeline uses is `prior_kinds`; segmentation guidance (Eq.4-5) runs only where it includes "segmentation".
+priors a pipeline uses is `prior_kinds`; segmentation guidance (000 Eq.4-5) runs only where it includes "segmentation".
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class ColorizationPipeline(DiffusersConventionsMixin):
     priors: which semantic priors to compute with the generators the model records: "auto" (all it records; none
         recorded = no priors), "none", "all", "caption", "category", "segmentation" or a list; or precomputed ones:
         one ImagePriors (or its dict form, e.g. a --save-priors sidecar) per image. SeAda uses the caption only.
-    seg_strength: s of segmentation guidance (Eq.4-5): the first ceil(T s) of T steps are guided; 0 = off. SeAda has
+    seg_strength: s of segmentation guidance (000 Eq.4-5): the first ceil(T s) of T steps are guided; 0 = off. SeAda has
         no segmentation guidance: it accepts the argument (for the shared CLI) and ignores it.
     num_images_per_prompt: samples per input image; outputs are ordered image by image.
     eta: DDIM's eta (other schedulers that take one too); None: the scheduler's default (0 for DDIM).
@@ -269,7 +269,7 @@ class ColorizationPipeline(DiffusersConventionsMixin):
         # 1. The gray model input at the working size, and what the denoiser and the decoder take from it
         gray = torch.cat([working_gray(lum, batch.size) for lum in batch.luminance])  # (B, 3, h, w) in [0, 1]
         condition, decoder_input = self.encode_condition(gray)
-        # 2. Guidance: instances on the latent grid (Eq.4-5); a distilled (LCM) model takes the scale as an input
+        # 2. Guidance: instances on the latent grid (000 Eq.4-5); a distilled (LCM) model takes the scale as an input
         grid = (h // self.vae_scale_factor, w // self.vae_scale_factor)
         instances = _instances_on_grid(batch.instances, grid, settings, device)
         timestep_cond = guidance_condition(self.denoiser_model, settings.guidance_scale, len(batch.generators),

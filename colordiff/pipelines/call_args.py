@@ -45,7 +45,7 @@ class CallSettings:
 
     num_inference_steps: int
     guidance_scale: float
-    seg_strength: float  # s of Eq.4-5; 0 for a pipeline without segmentation guidance
+    seg_strength: float  # s of 000 Eq.4-5; 0 for a pipeline without segmentation guidance
     eta: float | None
     output_type: str
     keep_luminance: bool

@@ -1,7 +1,7 @@
 """ColorDiffPipeline: grayscale photo -> color photo with the ColorDiff model (paper 000, Fig. 2).
 
 The semantic priors (Sec. 3.3) come from the generators the model folder records in semantic_priors.yaml, or are
-passed in precomputed: category and caption make the text condition, instances drive segmentation guidance (Eq.4-5).
+passed in precomputed: category and caption make the text condition, instances drive segmentation guidance (000 Eq.4-5).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from colordiff.semantics.priors import ImagePriors, compose_prompt
 
 class ColorDiffPipeline(RecordsPriorGenerators, ColorizationPipeline, SafetensorsLoraLoaderMixin,
                         StableDiffusionMixin, DiffusionPipeline):
-    """Luminance-guided Stable Diffusion colorization: concat U-Net (Eq.1) + luminance-aware decoder (Eq.6).
+    """Luminance-guided Stable Diffusion colorization: concat U-Net (000 Eq.1) + luminance-aware decoder (000 Eq.6).
 
     For each image: the grayscale version (from its Lab L) is encoded once, giving both z_c for the U-Net and the
     encoder features for the decoder's skips; DDIM with classifier-free guidance on the text produces z_0; the
@@ -105,8 +105,8 @@ class ColorDiffPipeline(RecordsPriorGenerators, ColorizationPipeline, Safetensor
         return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def encode_condition(self, gray: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Eq.1's z_c (B, 4, h/8, w/8) for the concat U-Net, and the encoder features for the decoder's skips (Eq.6):
-        both from one encoding of the gray image."""
+        """000 Eq.1's z_c (B, 4, h/8, w/8) for the concat U-Net, and the encoder features for the decoder's skips
+        (000 Eq.6): both from one encoding of the gray image."""
         return self.encode_gray(gray)
 
     def denoiser(self) -> ConcatUNet2DConditionModel:

@@ -1,7 +1,7 @@
 """SeAdaPipeline: grayscale photo -> color photo with SeAda (paper 001, Fig. 2 and Fig. 4).
 
 Gray caption Des_g (a captioner the model records in semantic_priors.yaml, precomputed priors, or `prompt`) ->
-semantic adapter (Eq.2-3) -> e_r -> controlled SD (conditional mapper on the grayscale image, ControlNet, RCA) with
+semantic adapter (001 Eq.2-3) -> e_r -> controlled SD (conditional mapper on the grayscale image, ControlNet, RCA) with
 classifier-free guidance (the unconditional branch is the adapter's e_r of the negative prompt, "" by default),
 DDIM -> VAE decoder -> the input's exact luminance with the model's a/b, at the input's size.
 """
@@ -120,7 +120,7 @@ class SeAdaPipeline(RecordsPriorGenerators, ColorizationPipeline, SeAdaLoraLoade
                               truncation=True, return_tensors="pt").input_ids
 
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
-        """Eq.2-3: gray captions -> refined embeddings e_r (B, L, d)."""
+        """001 Eq.2-3: gray captions -> refined embeddings e_r (B, L, d)."""
         return self.adapter(self.tokenize(captions)).e_r
 
     @property

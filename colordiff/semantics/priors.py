@@ -1,7 +1,7 @@
 """What the prior generators produce for one image (paper 000, Sec. 3.3), its prompt, and its JSON form.
 
-Category and caption become the text condition c_t (through CLIP, Eq.3); each instance's label L^i is its own
-prompt and its mask M^i drives segmentation guidance (Eq.4-5). Masks travel as boolean (K, H, W) tensors at the
+Category and caption become the text condition c_t (through CLIP, 000 Eq.3); each instance's label L^i is its own
+prompt and its mask M^i drives segmentation guidance (000 Eq.4-5). Masks travel as boolean (K, H, W) tensors at the
 image's size and are stored in JSON as row-major run lengths, so a `colordiff colorize --save-priors` sidecar can be
 read back.
 """

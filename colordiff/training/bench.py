@@ -1,4 +1,5 @@
-"""Training-step throughput: ColorDiff's U-Net (Eq.2) and decoder (Eq.7) steps next to plain diffusers fine-tunes.
+"""Training-step throughput: ColorDiff's U-Net (000 Eq.2) and decoder (000 Eq.7) steps next to plain diffusers
+fine-tunes.
 
 A step is the full optimizer step of the training scripts (frozen encoders, loss, backward, AdamW update), built from
 the same functions the trainers call (`encode_moments`, `diffusion_loss`, `decoder_loss`), on random weights with
@@ -58,7 +59,7 @@ def training_steps(model_size: str, device: torch.device, dtype: torch.dtype, ba
 
 
 def _unet_steps(sd, device, dtype, autocast, batch: int, resolution: int, gradient_checkpointing: bool):
-    """Our U-Net step (Eq.2; precomputed latents and on the fly) and the SD fine-tune baseline; and the random color
+    """Our U-Net step (000 Eq.2; precomputed latents and on the fly) and the SD fine-tune baseline; and the random color
     batch (B, 3, H, W) in [-1, 1] with its gray version, which the decoder steps share."""
     scheduler = DDPMScheduler.from_config(SD15_SCHEDULER_CONFIG)  # ignores the DDIM-only keys
     vae = LuminanceAwareAutoencoderKL.from_vae(sd.vae).to(device, dtype).requires_grad_(False).eval()
@@ -107,7 +108,7 @@ def _unet_steps(sd, device, dtype, autocast, batch: int, resolution: int, gradie
 
 
 def _decoder_steps(sd, device, autocast, color: torch.Tensor, gray: torch.Tensor) -> dict:
-    """Our decoder step (Eq.7, skips from the gray image's encoder features) and the plain decoder fine-tune."""
+    """Our decoder step (000 Eq.7, skips from the gray image's encoder features) and the plain decoder fine-tune."""
     batch = color.shape[0]
     decoder_vae = LuminanceAwareAutoencoderKL.from_vae(sd.vae).to(device)
     decoder_vae.requires_grad_(False)

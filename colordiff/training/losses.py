@@ -1,4 +1,4 @@
-"""Training losses of ColorDiff (paper 000): Eq.2 for the U-Net, Eq.7 for the luminance-aware decoder."""
+"""Training losses of ColorDiff (paper 000): 000 Eq.2 for the U-Net, 000 Eq.7 for the luminance-aware decoder."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 def diffusion_loss(unet, noise_scheduler: DDPMScheduler, latents: torch.Tensor, condition_latents: torch.Tensor,
                    text_embeds: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """Eq.2: E || eps - eps_theta(z_t, t, z_c, c) ||^2 (the v target instead for v-prediction schedules).
+    """000 Eq.2: E || eps - eps_theta(z_t, t, z_c, c) ||^2 (the v target instead for v-prediction schedules).
 
     latents z (B, 4, h, w) of the color image, condition_latents z_c of the gray image, text_embeds c (B, L, d).
     """
@@ -35,7 +35,7 @@ def diffusion_target(noise_scheduler: DDPMScheduler, latents: torch.Tensor, nois
 
 def decoder_loss(decoded: torch.Tensor, target: torch.Tensor, perceptual: nn.Module | None,
                  perceptual_weight: float) -> torch.Tensor:
-    """Eq.7: L = L_2 + lambda_p L_p, images (B, 3, H, W) in [-1, 1], L_p = LPIPS(VGG)."""
+    """000 Eq.7: L = L_2 + lambda_p L_p, images (B, 3, H, W) in [-1, 1], L_p = LPIPS(VGG)."""
     loss = F.mse_loss(decoded.float(), target.float())
     if perceptual is not None and perceptual_weight > 0:
         loss = loss + perceptual_weight * perceptual(decoded.float(), target.float()).mean()
@@ -43,7 +43,7 @@ def decoder_loss(decoded: torch.Tensor, target: torch.Tensor, perceptual: nn.Mod
 
 
 def build_perceptual(weights: str) -> nn.Module:
-    """LPIPS with a VGG16 trunk (Eq.7's perceptual loss), frozen.
+    """LPIPS with a VGG16 trunk (000 Eq.7's perceptual loss), frozen.
 
     weights: "random" (tests: no file is read), "package" (lpips' calibrated linear layers shipped with the package
     plus torchvision's ImageNet VGG16, which torchvision downloads once when online), or a path to a safetensors

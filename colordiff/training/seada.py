@@ -2,8 +2,8 @@
 
 Stage 0: ControlNet pretraining (mapper + ControlNet; "following ControlNet"): gray control image, text = e_g.
 Stage I: controlled T2I model frozen; control image = the real COLOR image; adapter parts (a) + (c) train with
-         L_e = L_r + 0.5 L_s (Eq.4-6).
-Stage II: adapter frozen; control image = gray; ControlNet (with mapper) + RCA train with L_s (Eq.4).
+         L_e = L_r + 0.5 L_s (001 Eq.4-6).
+Stage II: adapter frozen; control image = gray; ControlNet (with mapper) + RCA train with L_s (001 Eq.4).
 Stage III: adapter, ControlNet and RCA train together with L_s.
 Each stage after 0 starts from the previous stage's model folder (`pretrained_model_name_or_path`).
 """
@@ -50,8 +50,8 @@ class TrainSeAdaConfig(LoraSettings, NoiseScheduleConfig, TrainConfig):
     learning_rate: float = 1e-5
     train_batch_size: int = 32
     conditioning_dropout: float = 0.05  # Des_g replaced by "" (classifier-free guidance); paper silent
-    lambda_r: float | None = None  # weight of L_r (Eq.5); None: 1 in stage I, 0 otherwise (Eq.6)
-    lambda_s: float | None = None  # weight of L_s (Eq.4); None: 0.5 in stage I (Eq.6), 1 otherwise
+    lambda_r: float | None = None  # weight of L_r (001 Eq.5); None: 1 in stage I, 0 otherwise (001 Eq.6)
+    lambda_s: float | None = None  # weight of L_s (001 Eq.4); None: 0.5 in stage I (001 Eq.6), 1 otherwise
     reconstruction_target: str = "e_g"  # L_r = MSE(e_c, e_g) as printed; "e_r" for MSE(e_c, e_r)
     adapter_parts: str = "abc"  # Table 3 (applied in stage I): "a", "ab" or "abc"
     use_rca: bool = True  # Table 4: false removes the RCA blocks (applied in stage II / III)
@@ -211,7 +211,7 @@ class SeAdaTask:
         return {name: getattr(self.pipe, name) for name in ("adapter", "control") if self.plan[name]}
 
     def loss(self, modules: dict[str, nn.Module], batch: dict) -> torch.Tensor:
-        """Eq.6 in stage I (lambda_r L_r + lambda_s L_s), Eq.4 (L_s) in the other stages."""
+        """001 Eq.6 in stage I (lambda_r L_r + lambda_s L_s), 001 Eq.4 (L_s) in the other stages."""
         device, vae, pipe = self.accelerator.device, self.pipe.vae, self.pipe
         adapter, control = modules.get("adapter", pipe.adapter), modules.get("control", pipe.control)
         with torch.no_grad():
@@ -232,10 +232,10 @@ class SeAdaTask:
         dtype = self.weight_dtype if not self.plan["control"] else next(control.parameters()).dtype
         prediction = control(pipe.unet, noisy.to(dtype), timesteps, text_embeds.to(dtype), control_image.to(dtype),
                              use_rca=self.plan["rca"]).sample
-        target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)  # eps (Eq.4), or v
-        loss = self.lambda_s * F.mse_loss(prediction.float(), target.float())  # L_s, Eq.4
+        target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)  # eps (001 Eq.4), or v
+        loss = self.lambda_s * F.mse_loss(prediction.float(), target.float())  # L_s, 001 Eq.4
         if self.lambda_r > 0:
-            loss = loss + self.lambda_r * reconstruction_loss(out, self.config.reconstruction_target)  # L_r, Eq.5
+            loss = loss + self.lambda_r * reconstruction_loss(out, self.config.reconstruction_target)  # L_r, 001 Eq.5
         return loss
 
     def validate(self, modules: dict[str, nn.Module], config: TrainConfig):

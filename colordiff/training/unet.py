@@ -1,4 +1,4 @@
-"""Training ColorDiff's concat U-Net with the Eq.2 loss (paper 000, section 4.1)."""
+"""Training ColorDiff's concat U-Net with the 000 Eq.2 loss (paper 000, section 4.1)."""
 
 from __future__ import annotations
 
