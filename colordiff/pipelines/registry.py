@@ -33,6 +33,15 @@ LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, RuntimeError, Safetenso
 T = TypeVar("T")
 
 
+class UnknownPipelineError(ValueError):
+    """A model folder whose model_index.json names a pipeline class that is not one of PIPELINES (a Stable
+    Diffusion folder, say)."""
+
+    def __init__(self, model: str | Path, name: str | None):
+        self.model, self.name = str(model), name
+        super().__init__(f"{model}: model_index.json names pipeline {name!r}; known: {', '.join(sorted(PIPELINES))}")
+
+
 class ModelLoadError(UsageError):
     """A model folder or hub id that cannot be loaded; `detail` names the file at fault (relative to the model)."""
 
@@ -46,14 +55,14 @@ def pipeline_class_for(model: str | Path, **hub_kwargs) -> type[DiffusionPipelin
     index = DiffusionPipeline.load_config(str(model), **hub_kwargs)
     name = index.get("_class_name")
     if name not in PIPELINES:
-        raise ValueError(f"{model}: model_index.json names pipeline {name!r}; known: {', '.join(sorted(PIPELINES))}")
+        raise UnknownPipelineError(model, name)
     return PIPELINES[name]
 
 
 def load_pipeline(model: str | Path, dtype=None, **hub_kwargs) -> DiffusionPipeline:
     """Load a ColorDiff (or other registered) model folder / hub id with safetensors weights only.
 
-    A folder of an unregistered pipeline is a ValueError that says `names pipeline`; any other failure a
+    A folder of an unregistered pipeline is an UnknownPipelineError (a ValueError); any other failure a
     ModelLoadError naming the file at fault."""
     with quiet_loading():
         try:

@@ -19,7 +19,7 @@ from colordiff.errors import UsageError
 from colordiff.io import ImageReadError, atomic_write, is_image_path, read_image
 from colordiff.latents import LatentCacheDataset, encode_moments, read_index
 from colordiff.pipelines import ColorDiffPipeline, load_pipeline
-from colordiff.pipelines.registry import SD_COMPONENTS, guarded_load
+from colordiff.pipelines.registry import SD_COMPONENTS, UnknownPipelineError, guarded_load
 from colordiff.training.config import NoiseScheduleConfig, TrainConfig, schedule_settings
 
 logger = logging.getLogger(__name__)
@@ -59,9 +59,8 @@ def load_base_pipeline(config: TrainConfig) -> ColorDiffPipeline:
     source = config.pretrained_model_name_or_path
     try:
         return load_pipeline(source, local_files_only=config.local_files_only)
-    except ValueError as err:
-        if "names pipeline" not in str(err):  # a model folder of another pipeline: assume SD1.5 layout
-            raise
+    except UnknownPipelineError:  # a model folder of another pipeline: assume SD1.5 layout
+        pass
     return guarded_load(source, lambda: ColorDiffPipeline.from_stable_diffusion(
         source, local_files_only=config.local_files_only), SD_COMPONENTS, local_files_only=config.local_files_only)
 

@@ -26,6 +26,7 @@ from colordiff.config import setting
 from colordiff.devices import mixed_precision_dtype
 from colordiff.errors import UsageError
 from colordiff.pipelines import ColorDiffPipeline, load_pipeline
+from colordiff.pipelines.registry import UnknownPipelineError
 from colordiff.sampling import guidance_embedding, guided_noise_prediction
 from colordiff.schedulers import check_prediction_type
 from colordiff.training.common import (
@@ -79,9 +80,7 @@ def load_teacher(config: DistillConfig) -> ColorDiffPipeline:
     source = config.pretrained_model_name_or_path
     try:
         pipe = load_pipeline(source, local_files_only=config.local_files_only)
-    except ValueError as err:
-        if "names pipeline" not in str(err):
-            raise
+    except UnknownPipelineError:
         raise UsageError(f"{source}: not a ColorDiff model folder; distillation needs a trained ColorDiff model "
                          "(scripts/train_unet.py)") from None
     if not isinstance(pipe, ColorDiffPipeline):

@@ -24,7 +24,7 @@ from colordiff.color import rgb_to_lab
 from colordiff.config import to_yaml
 from colordiff.errors import EXIT_FAILURES, EXIT_OK
 from colordiff.io import atomic_write
-from colordiff.video.flow import consistency, identity_grid, make_flow, sample
+from colordiff.video.flow import bilinear_at, consistency, identity_grid, make_flow
 from colordiff.video.io import VideoReadError, open_clip
 from colordiff.video.propagate import grid_size
 
@@ -56,8 +56,8 @@ def warping_errors(frames, flow, side: int, alpha: float, beta: float) -> dict:
             weight, seen = consistency(back, there, grid, alpha, beta)
             mask = (weight > THRESHOLD).float()  # (1, h, w)
             count = mask.sum().clamp_min(1)
-            ab_errors.append(float((mask * (lab1[1:] - sample(lab0[1:], seen)).square()).sum() / count))
-            rgb_errors.append(float((mask * (rgb1 - sample(rgb0, seen)).square()).sum() / count))
+            ab_errors.append(float((mask * (lab1[1:] - bilinear_at(lab0[1:], seen)).square()).sum() / count))
+            rgb_errors.append(float((mask * (rgb1 - bilinear_at(rgb0, seen)).square()).sum() / count))
             occluded.append(1 - float(mask.mean()))
         previous = current
     return {"warp_error_ab": float(np.mean(ab_errors)) if ab_errors else 0.0,

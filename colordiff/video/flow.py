@@ -75,7 +75,7 @@ def identity_grid(h: int, w: int) -> torch.Tensor:
     return torch.stack([xs, ys])
 
 
-def sample(field: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def bilinear_at(field: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of field (C, h, w) at pixel positions (2, h', w') (x, y), border values outside: (C, h', w')."""
     h, w = field.shape[-2:]
     norm = torch.stack([positions[0] * (2 / max(w - 1, 1)) - 1, positions[1] * (2 / max(h - 1, 1)) - 1], dim=-1)
@@ -93,7 +93,7 @@ def consistency(there: torch.Tensor, back: torch.Tensor, grid: torch.Tensor, alp
     al. 2010, the occlusion test of Lai et al. 2018): w = exp(-|f + b(x + f)|^2 / (alpha (|f|^2 + |b|^2) + beta)),
     0 where x + f leaves the frame. Returns (weight (1, h, w), the positions x + f (2, h, w))."""
     target = grid + there  # (2, h, w)
-    returned = sample(back, target)  # (2, h, w)
+    returned = bilinear_at(back, target)  # (2, h, w)
     error = (there + returned).square().sum(0, keepdim=True)  # (1, h, w)
     scale = alpha * (there.square().sum(0, keepdim=True) + returned.square().sum(0, keepdim=True)) + beta
     return torch.exp(-error / scale) * inside(target, *there.shape[-2:]), target

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from colordiff.images import luminance_of, merge_into
-from colordiff.video.flow import consistency, identity_grid, sample
+from colordiff.video.flow import bilinear_at, consistency, identity_grid
 
 Output = tuple[int, int, np.ndarray]  # (frame index, pts, (H, W, 3) uint8 RGB)
 RELIABLE = 0.5  # a pixel whose propagated confidence is above this counts as covered
@@ -89,9 +89,9 @@ class FlowShot:
         grid = identity_grid(h, w)
         cfg = self.config.flow
         step, seen = consistency(back, into, grid, cfg.alpha, cfg.beta)  # this frame's pixels in the previous one
-        self.position = sample(self.position, seen)  # (2, h, w) composed: x -> previous -> ... -> keyframe
-        self.confidence = sample(self.confidence, seen) * step  # (1, h, w)
-        ab = sample(self.key_ab, self.position)  # (2, h, w)
+        self.position = bilinear_at(self.position, seen)  # (2, h, w) composed: x -> previous -> ... -> keyframe
+        self.confidence = bilinear_at(self.confidence, seen) * step  # (1, h, w)
+        ab = bilinear_at(self.key_ab, self.position)  # (2, h, w)
         self.motion += float(back.square().sum(0).sqrt().mean()) / float(np.hypot(h, w))
         waiting = _Waiting(frame, into, back, step, ab, self.confidence)
         keys = self.config.keyframes
@@ -131,8 +131,8 @@ class FlowShot:
         blended = []
         for item in reversed(self.waiting):  # backward: x in this frame -> the next frame -> ... -> the new keyframe
             step, seen = consistency(later.into, later.back, grid, cfg.alpha, cfg.beta)
-            position, confidence = sample(position, seen), sample(confidence, seen) * step
-            backward_ab = sample(key_ab, position)  # (2, h, w)
+            position, confidence = bilinear_at(position, seen), bilinear_at(confidence, seen) * step
+            backward_ab = bilinear_at(key_ab, position)  # (2, h, w)
             t = item.frame.index
             forward_w = item.confidence * (end - t)  # (1, h, w): reliable and near weighs most
             backward_w = confidence * (t - start)
@@ -151,7 +151,7 @@ class FlowShot:
         smooth = self.config.smoothing
         if smooth.enabled and waiting is not None and self.last is not None:
             h, w = frame.gray.shape
-            warped = sample(self.last[1], identity_grid(h, w) + waiting.back)  # (2, h, w)
+            warped = bilinear_at(self.last[1], identity_grid(h, w) + waiting.back)  # (2, h, w)
             ab = ab + smooth.strength * waiting.step * (warped - ab)
         self.last = (frame, ab)
         return frame.index, frame.pts, to_rgb8(frame.L, ab)
