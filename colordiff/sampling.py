@@ -27,9 +27,10 @@ from diffusers import SchedulerMixin
 def initial_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
     """One noise tensor per image, each from its own generator, so an image's result ignores batch size and order.
 
-    Drawn on the CPU in float32 (as diffusers recommends) so that a seed gives the same noise on every device.
+    Drawn in float32 on each generator's own device, as diffusers' randn_tensor draws: a CPU generator (what colorize
+    passes, as diffusers recommends) gives the same noise on every device; a CUDA one draws on the GPU.
     """
-    noise = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]  # B x (4, h, w)
+    noise = [torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in generators]  # B x (4, h, w)
     return torch.stack(noise).to(device=device, dtype=dtype)  # (B, 4, h, w)
 
 

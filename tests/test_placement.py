@@ -2,11 +2,12 @@
 device is `meta` (not the CPU). Its loss then runs there, so a module left on the CPU or a tensor made on the CPU and
 mixed with the device's fails as it would on a GPU; the pipeline its validation runs (and its export writes) must
 hold every module on the device, and a frozen module cast to the mixed-precision dtype must have its exact weights
-kept for the export."""
+kept for the export. On a CUDA machine (the `gpu` test) each task also takes a real bf16 step and validates."""
 
 import contextlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,11 +88,15 @@ TASKS = [("unet", {}), ("lora", {}), ("decoder", {}), ("distill", {}), ("seada",
          ("seada", {"stage": 1}), ("seada", {"stage": 2}), ("seada", {"stage": 3}), ("seada_lora", {"stage": 2})]
 
 
-def _build(module, config, precision: str):
+def _new_task(module, config, accelerator):
     classes = {"unet": "UNetTask", "decoder": "DecoderTask", "distill": "DistillTask", "seada": "SeAdaTask"}
+    return getattr(module, classes[module.__name__.rsplit(".", 1)[1]])(config, accelerator)
+
+
+def _build(module, config, precision: str):
     accelerator = MetaAccelerator()
     accelerator.mixed_precision = precision
-    task = getattr(module, classes[module.__name__.rsplit(".", 1)[1]])(config, accelerator)
+    task = _new_task(module, config, accelerator)
     return task, accelerator.prepare(task.trainable())
 
 
@@ -122,3 +127,24 @@ def test_every_module_a_task_uses_is_on_the_accelerator_device(kind, overrides, 
     for name, part in components.items():
         if part.dtype == torch.bfloat16:
             assert id(part) in task.kept, f"{name}: cast to bf16 without its exact weights kept for the export"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("kind", "overrides"), TASKS, ids=[f"{k}{o.get('stage', '')}" for k, o in TASKS])
+def test_every_task_takes_a_bf16_step_and_validates_on_the_gpu(kind, overrides, models, tmp_path, fresh_accelerate):
+    """The same tasks with accelerate's real bf16 wrapper on CUDA: a step's loss and gradients are finite, and the
+    validation pipeline colorizes."""
+    from accelerate import Accelerator
+
+    module, config = _task(kind, models, tmp_path, validation_inference_steps=2,
+                           validation_images=f"[{REPO / 'examples' / 'photos' / 'kodim05.jpg'}]", **overrides)
+    accelerator = Accelerator(mixed_precision="bf16")
+    task = _new_task(module, config, accelerator)
+    trainable = task.trainable()
+    modules = dict(zip(trainable, accelerator.prepare(*trainable.values()), strict=True))
+    loss = task.loss(modules, collate([task.dataset[i] for i in range(2)]))
+    accelerator.backward(loss)
+    grads = [p.grad for m in modules.values() for p in m.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    grid = task.validate({k: accelerator.unwrap_model(m) for k, m in modules.items()}, config)
+    assert grid is not None and np.isfinite(np.asarray(grid, dtype=np.float32)).all()

@@ -88,7 +88,8 @@ def measure_training(seada, baseline, config, device, dtype) -> dict:
             config=SimpleNamespace(conditioning_dropout=0.05, reconstruction_target="e_g",
                                    gradient_checkpointing=False, lora_rank=0),
             accelerator=SimpleNamespace(device=device), pipe=seada, plan=stage_plan(stage), noise_scheduler=scheduler,
-            lambda_r=1.0 if stage == 1 else 0.0, lambda_s=0.5 if stage == 1 else 1.0, weight_dtype=torch.float32)
+            lambda_r=1.0 if stage == 1 else 0.0, lambda_s=0.5 if stage == 1 else 1.0,
+            weight_dtype=dtype)  # frozen parts in the mixed-precision dtype, as SeAdaTask (and train_controlnet.py)
         SeAdaTask._set_trainable(task)
         params = [p for m in (seada.adapter, seada.control) for p in m.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -103,6 +104,7 @@ def measure_training(seada, baseline, config, device, dtype) -> dict:
         results[f"stage{stage}_images_per_s"] = config.batch_size / _measure(step, device, config.warmup,
                                                                              config.repeats)["s_per_step"]
     controlnet = baseline.controlnet.to(device).train().requires_grad_(True)
+    baseline.text_encoder.to(dtype=dtype)  # frozen, as the VAE and U-Net it shares with SeAda (cast above)
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=1e-5)
 
     def controlnet_step():
