@@ -1,13 +1,12 @@
 """`colordiff demo`: the app's functions, its API through gradio_client, and the page in a real (headless) Chromium.
 
 The server runs in this process (one per module, a tiny random model, 2 steps at 64 px) on a free port of
-127.0.0.1. Screenshots of each browser state are written under the test's tmp_path and copied to /tmp/demo_screens/.
+127.0.0.1. Screenshots of each browser state are written under the test's tmp_path (pytest keeps the last runs').
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import sys
@@ -33,7 +32,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "photos"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-SCREENS = Path("/tmp/demo_screens")
 FAST = ["steps=2", "resolution=64"]
 WAIT = 60  # seconds any page state may take on a busy 2-core machine
 
@@ -122,9 +120,9 @@ def browser(server, tmp_path_factory):
     if missing:
         pytest.fail(f"the browser tests need Chromium and chromedriver (apt-get install chromium chromium-driver); "
                     f"missing: {', '.join(missing)}")
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager: never reach the network
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
 
     downloads = tmp_path_factory.mktemp("downloads")
     options = webdriver.ChromeOptions()
@@ -133,15 +131,15 @@ def browser(server, tmp_path_factory):
         options.add_argument(arg)
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        driver.get(server.url)
-        from selenium.webdriver.common.by import By
-
-        _wait(lambda: driver.find_element(By.ID, "colorize").is_displayed(), "the page to load")
-        yield SimpleNamespace(driver=driver, downloads=downloads)
-    finally:
-        driver.quit()
+    with pytest.MonkeyPatch.context() as patch:  # the environment is restored after the module's tests
+        patch.setenv("SE_OFFLINE", "true")  # Selenium Manager: never reach the network
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        try:
+            driver.get(server.url)
+            _wait(lambda: driver.find_element(By.ID, "colorize").is_displayed(), "the page to load")
+            yield SimpleNamespace(driver=driver, downloads=downloads)
+        finally:
+            driver.quit()
 
 
 # -- the app's functions ------------------------------------------------------------------------------------------
@@ -334,8 +332,6 @@ def test_api_round_trip(server, photos, tmp_path):
 def _screenshot(browser, tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.png"
     browser.driver.save_screenshot(str(path))
-    SCREENS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(path, SCREENS / path.name)
     return path
 
 

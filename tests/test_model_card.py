@@ -86,7 +86,7 @@ def test_evaluation_section_is_added_then_replaced(tmp_path, capsys):
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # atomic writes leave no temp file
 
 
-def test_reproduce_adds_its_tables_to_the_model_card(tmp_path, capsys):
+def test_reproduce_adds_its_tables_to_the_model_card(tmp_path, capsys, monkeypatch):
     from types import SimpleNamespace
 
     from colordiff.reproduce import _add_to_model_card
@@ -94,5 +94,11 @@ def test_reproduce_adds_its_tables_to_the_model_card(tmp_path, capsys):
     assert main(["init-model", str(tmp_path / "m"), "--tiny"]) == 0
     config = SimpleNamespace(model=str(tmp_path / "m"), name="ade20k_val", row="b")
     _add_to_model_card(config, ["### Table 2\n\n| a | b |\n|---|---|\n| 1 | 2 |"])
-    assert "## Evaluation: ade20k_val, row b" in (tmp_path / "m" / "README.md").read_text()
-    _add_to_model_card(SimpleNamespace(model="someone/hub-model", name="x", row=None), ["t"])  # no folder: nothing
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "## Evaluation: ade20k_val, row b" in card
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # a hub id is no folder here either: nothing is written, nothing is said
+    _add_to_model_card(SimpleNamespace(model="someone/hub-model", name="x", row=None), ["t"])
+    assert not (tmp_path / "someone").exists() and capsys.readouterr().err == ""
+    _add_to_model_card(SimpleNamespace(model=str(tmp_path / "m"), name="y", row=None), [])  # no tables: nothing
+    assert (tmp_path / "m" / "README.md").read_text() == card

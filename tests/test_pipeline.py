@@ -77,13 +77,19 @@ def test_result_is_independent_of_batch_and_order(pipe):
     assert np.abs(other_seed - alone).max() > 1e-3
 
 
-def test_prompt_changes_result_only_with_guidance(pipe):
+def test_no_prompt_is_the_empty_prompt_and_a_prompt_conditions_with_and_without_guidance(pipe):
     image = _images()[:1]
     plain = _run(pipe, image, [0], prompt=None)
     empty = _run(pipe, image, [0], prompt="")
     texted = _run(pipe, image, [0], prompt="a red apple", guidance_scale=7.5)
     np.testing.assert_array_equal(plain[0], empty[0])
     assert np.abs(texted[0] - plain[0]).max() > 1e-3
+    # guidance off (w <= 1, diffusers' rule): one branch, the conditional one, so the prompt still conditions it
+    unguided = _run(pipe, image, [0], prompt="", guidance_scale=1.0)
+    unguided_texted = _run(pipe, image, [0], prompt="a red apple", guidance_scale=1.0)
+    np.testing.assert_array_equal(unguided[0], plain[0])  # "" = the negative prompt: both branches were equal anyway
+    assert np.abs(unguided_texted[0] - unguided[0]).max() > 1e-3
+    assert np.abs(unguided_texted[0] - texted[0]).max() > 1e-3  # guidance scales the prompt's effect
 
 
 def test_accepts_pil_and_grayscale_inputs(pipe):
