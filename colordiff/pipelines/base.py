@@ -92,7 +92,8 @@ class ColorizationPipeline(DiffusersConventionsMixin):
     generator: one generator per output (images x num_images_per_prompt) makes each result independent of the batch
         it is in; a single generator is shared.
     resolution: the model works at about resolution^2 pixels, aspect ratio kept; outputs have input sizes.
-    keep_luminance: keep the input's exact L and take only a/b from the model (the output convention).
+    keep_luminance: keep the input's exact L and take only a/b from the model (docs/colorize.md, "What `colorize`
+        does").
     output_type: "pil", "np" (H, W, 3) float, "pt" (3, H, W) float, or "latent" (z_0, (4, h, w), not decoded).
         "np", "pt" and "latent" outputs are one stacked array / tensor when all outputs share a size, else a list.
     priors: which semantic priors to compute with the generators the model records: "auto" (all it records; none
