@@ -117,6 +117,9 @@ def test_every_module_a_task_uses_is_on_the_accelerator_device(kind, overrides, 
     batch = collate([task.dataset[i] for i in range(2)])  # on the CPU, as the data loader gives it
     loss = task.loss(modules, batch)  # raises if a CPU module or tensor meets the device's
     assert loss.device == META and loss.ndim == 0
+    # the tables a step indexes stay on the device (a CPU tensor moved there each step waits for the GPU each time)
+    tables = {**vars(task), **vars(task.schedule)} if hasattr(task, "schedule") else vars(task)
+    assert [name for name, value in tables.items() if isinstance(value, torch.Tensor) and value.device != META] == []
     assert _off_device(_validation_modules(module, task, modules, config, monkeypatch)) == []
 
     # bf16, as every GPU recipe: the same placement, and each frozen module cast to bf16 keeps its exact weights

@@ -123,7 +123,7 @@ class DistillTask:
         self.config, self.accelerator = config, accelerator
         self.pipe = load_teacher(config)
         self.schedule = ConsistencySchedule(self.pipe.scheduler.config, config.num_ddim_timesteps,
-                                            config.timestep_scaling)
+                                            config.timestep_scaling).to(accelerator.device)
         self.student = make_student(self.pipe.unet, config)  # from the float32 teacher, before it is cast
         if config.gradient_checkpointing:
             self.student.enable_gradient_checkpointing()

@@ -59,6 +59,13 @@ class ConsistencySchedule:
                              "its last timestep; distill a v_prediction teacher")
         self.timestep_scaling = timestep_scaling
 
+    def to(self, device) -> ConsistencySchedule:
+        """Keep the tables on `device`: every training step indexes them there (a CPU table copied to the GPU at each
+        use would wait for the GPU each time)."""
+        for name in ("alphas", "sigmas", "timesteps", "alphas_cumprod_prev"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
     def previous_timesteps(self, index: torch.Tensor) -> torch.Tensor:
         """t_n = t_{n+k} - k for solver indices (B,), clamped at 0."""
         return (self.timesteps.to(index.device)[index] - self.step_size).clamp_min(0)
