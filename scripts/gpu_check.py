@@ -32,9 +32,11 @@ driver) lacks all of: torch and torchvision (the PyPI wheels bring their CUDA li
 accelerate, peft, av (PyAV, with its own FFmpeg: no ffmpeg binary needed), opencv-python-headless, lpips, gradio (the
 demo section; no browser needed) and pytest (the gpu_tests section).
 
-Disk under --work-dir: about 50 GB free with --jobs 2 (a full U-Net checkpoint with its AdamW state is 10 GB, and a
-resumed run holds two until the older one is rotated out), about 40 GB with --jobs 1. Planned time on one H100 (not
-yet measured): models 1 min, training 4 min, colorize + video + demo 1 min, benchmarks 2 min.
+Disk under --work-dir: about 50 GB free with --jobs 2, about 40 GB with --jobs 1 (the two model folders take 10 GB; a
+full U-Net checkpoint with its AdamW state is 10 GB, and a resumed run holds two until the older one is rotated out;
+each script's folder is removed once checked). Planned time on one H100, not measured yet: models 1 min, training
+3-4 min, colorize + video + demo 1 min, benchmarks 2-3 min; whatever does not fit in the budget is skipped and named,
+and `--only benchmarks` (which builds its own weights) measures the rest in about 3 minutes.
 """
 
 from __future__ import annotations
