@@ -118,12 +118,12 @@ class Lane:
     outputs: tuple[str, ...] = ("model/model_index.json",)  # files the finished run must have written
 
 
-LANES = (  # the largest checkpoints first, so that two big ones rarely share the disk at once
+LANES = (  # the two largest checkpoints (U-Net, distillation: 10 and 14 GB) far apart: they rarely share the disk
     Lane("unet", "train_unet.py", "colordiff/unet.yaml", "colordiff"),
     Lane("seada_stage0", "train_seada.py", "seada/stage0.yaml", "seada"),
-    Lane("distill", "distill.py", "colordiff/distill_lcm.yaml", "colordiff"),
     Lane("seada_stage2", "train_seada.py", "seada/stage2.yaml", "seada"),
     Lane("seada_stage3", "train_seada.py", "seada/stage3.yaml", "seada"),
+    Lane("distill", "distill.py", "colordiff/distill_lcm.yaml", "colordiff"),
     Lane("decoder", "train_decoder.py", "colordiff/decoder.yaml", "colordiff", ("perceptual_weights=random",)),
     Lane("seada_stage1", "train_seada.py", "seada/stage1.yaml", "seada"),
     Lane("unet_lora", "train_unet.py", "colordiff/unet.yaml", "colordiff", ("lora_rank=8", "learning_rate=1.0e-4"),
