@@ -12,7 +12,7 @@ import logging
 import math
 import shutil
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -127,6 +127,20 @@ def _update_loss(accelerator: Accelerator, losses: list[torch.Tensor]) -> float:
     return accelerator.reduce(mean, reduction="mean").item()
 
 
+@dataclass
+class _Run:
+    """What the loop steps: the prepared modules, their optimizer, data and schedule, and the EMA of the weights."""
+
+    output: Path
+    modules: dict[str, nn.Module]
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    sampler: EpochShuffleSampler
+    lr_scheduler: object
+    ema: EMA | None
+
+
 def train(config: TrainConfig, task: TrainingTask, accelerator: Accelerator) -> Path:
     """Run the loop to `max_train_steps`; returns the final model folder (output_dir/model)."""
     output = Path(config.output_dir)
@@ -135,11 +149,33 @@ def train(config: TrainConfig, task: TrainingTask, accelerator: Accelerator) -> 
         (output / "config.yaml").write_text(to_yaml(config))
         remove_stale_staging(output)  # checkpoint-<step>.tmp folders of a run stopped while saving
     set_seed(config.seed, device_specific=True)  # noise and dropout differ per process, data order does not
+    run = _prepare(config, task, accelerator, output)
+    global_step, resume = _resume(config, accelerator, run)
+    _start_logs(accelerator, config, output, resume, global_step)
+    if accelerator.is_main_process and config.report_to != "none":
+        accelerator.init_trackers("colordiff", config={k: str(v) for k, v in asdict(config).items()})
+    _run_epochs(config, task, accelerator, run, global_step)
+    accelerator.wait_for_everyone()
+    final = output / "model"
+    if accelerator.is_main_process:
+        if run.ema is not None:
+            run.ema.swap()  # export the averaged weights
+        task.export({k: accelerator.unwrap_model(m) for k, m in run.modules.items()}, final)
+        umask_permissions(final)  # safetensors writes 0o600: a shared model folder must be readable by others
+        if run.ema is not None:
+            run.ema.swap()
+    accelerator.end_training()
+    return final
 
+
+def _prepare(config: TrainConfig, task: TrainingTask, accelerator: Accelerator, output: Path) -> _Run:
+    """The task's trainable modules, AdamW (a task may give some parameters their own learning rate through
+    `param_groups`; the LR schedule scales every group), the loader, the LR schedule, all through accelerate."""
     modules = task.trainable()
     named = [(f"{name}.{pn}", p) for name, m in modules.items() for pn, p in m.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+    groups = task.param_groups(named) if hasattr(task, "param_groups") else params
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
     sampler = EpochShuffleSampler(len(task.dataset), config.seed)
     loader = DataLoader(task.dataset, batch_size=config.train_batch_size, sampler=sampler, collate_fn=collate,
@@ -152,85 +188,95 @@ def train(config: TrainConfig, task: TrainingTask, accelerator: Accelerator) -> 
     names = list(modules)
     *prepared, optimizer, loader, lr_scheduler = accelerator.prepare(*modules.values(), optimizer, loader,
                                                                      lr_scheduler)
-    modules = dict(zip(names, prepared, strict=True))
     ema = EMA(named, config.ema_decay) if config.use_ema else None
+    return _Run(output, dict(zip(names, prepared, strict=True)), params, optimizer, loader, sampler, lr_scheduler,
+                ema)
 
-    global_step = 0
-    resume = resolve_resume(output, config.resume_from_checkpoint)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        global_step = int(json.loads((resume / "training_state.json").read_text())["global_step"])
-        if ema is not None:
-            ema.load(resume)
-        logger.info("resumed from %s at step %d", resume, global_step)
-        accelerator.print(f"resumed from {resume.name} at step {global_step}")
-    _start_logs(accelerator, config, output, resume, global_step)
-    if accelerator.is_main_process and config.report_to != "none":
-        accelerator.init_trackers("colordiff", config={k: str(v) for k, v in asdict(config).items()})
 
-    updates_per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
+def _resume(config: TrainConfig, accelerator: Accelerator, run: _Run) -> tuple[int, Path | None]:
+    """(the step to start at, the checkpoint resumed from or None): accelerate's state, the step and the EMA."""
+    resume = resolve_resume(run.output, config.resume_from_checkpoint)
+    if resume is None:
+        return 0, None
+    accelerator.load_state(str(resume))
+    global_step = int(json.loads((resume / "training_state.json").read_text())["global_step"])
+    if run.ema is not None:
+        run.ema.load(resume)
+    logger.info("resumed from %s at step %d", resume, global_step)
+    accelerator.print(f"resumed from {resume.name} at step {global_step}")
+    return global_step, resume
+
+
+def _run_epochs(config: TrainConfig, task: TrainingTask, accelerator: Accelerator, run: _Run, global_step: int) -> None:
+    """Epochs from the one `global_step` falls in (its batches already seen skipped) until max_train_steps."""
+    updates_per_epoch = math.ceil(len(run.loader) / config.gradient_accumulation_steps)
     first_epoch = global_step // updates_per_epoch
     skip_batches = (global_step % updates_per_epoch) * config.gradient_accumulation_steps
     num_epochs = math.ceil(config.max_train_steps / updates_per_epoch)
-    indices_log = (output / f"sample_indices.rank{accelerator.process_index}.jsonl"
+    indices_log = (run.output / f"sample_indices.rank{accelerator.process_index}.jsonl"
                    if config.log_sample_indices else None)
-
     for epoch in range(first_epoch, num_epochs):
         if global_step >= config.max_train_steps:
             break
-        batches = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch else loader
+        batches = accelerator.skip_first_batches(run.loader, skip_batches) if epoch == first_epoch else run.loader
         # accelerate's loaders push their own epoch counter into the sampler and dataset when iterated: set theirs
         batches.set_epoch(epoch)
-        sampler.set_epoch(epoch)
+        run.sampler.set_epoch(epoch)
         task.dataset.set_epoch(epoch)
         micro_losses = []  # the current update's micro-batch losses, (1,) each, on the device
         for batch in batches:
-            with accelerator.accumulate(*modules.values()):
-                loss = task.loss(modules, batch)
-                micro_losses.append(loss.detach().float().reshape(1))
-                if accelerator.sync_gradients:  # the update's last micro-batch: check before the weights change
-                    step_loss, micro_losses = _update_loss(accelerator, micro_losses), []
-                    if not math.isfinite(step_loss):
-                        last = resolve_resume(output, "latest")
-                        raise TrainingDiverged(f"loss is {step_loss} at step {global_step + 1}: training stopped; "
-                                               f"last good checkpoint: {last or 'none yet'}")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+            step_loss = _micro_step(config, task, accelerator, run, batch, micro_losses, global_step)
             if indices_log is not None:
                 with indices_log.open("a") as f:
                     f.write(json.dumps({"step": global_step + 1, "index": batch["index"].tolist()}) + "\n")
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
-            if ema is not None:
-                ema.update()
-            if hasattr(task, "after_update"):
-                task.after_update(modules)
-            _log(accelerator, output, global_step, step_loss, lr_scheduler.get_last_lr()[0])
-            done = global_step >= config.max_train_steps
-            if global_step % config.checkpointing_steps == 0 or done:
-                save_checkpoint(accelerator, config, global_step, ema)
-            if config.validation_images and (global_step % config.validation_steps == 0 or done):
-                _validate(accelerator, task, modules, config, global_step, ema)
-            if done:
+            if _after_update(config, task, accelerator, run, global_step, step_loss):
                 break
         skip_batches = 0
 
-    accelerator.wait_for_everyone()
-    final = output / "model"
-    if accelerator.is_main_process:
-        if ema is not None:
-            ema.swap()  # export the averaged weights
-        task.export({k: accelerator.unwrap_model(m) for k, m in modules.items()}, final)
-        umask_permissions(final)  # safetensors writes 0o600: a shared model folder must be readable by others
-        if ema is not None:
-            ema.swap()
-    accelerator.end_training()
-    return final
+
+def _micro_step(config: TrainConfig, task: TrainingTask, accelerator: Accelerator, run: _Run, batch: dict,
+                micro_losses: list[torch.Tensor], global_step: int) -> float | None:
+    """One micro-batch: loss, backward, and on an update's last micro-batch the clipped optimizer step; returns the
+    update's loss (the mean over its micro-batches) on that last one, else None. A non-finite loss stops training
+    before the bad update touches the weights."""
+    step_loss = None
+    with accelerator.accumulate(*run.modules.values()):
+        loss = task.loss(run.modules, batch)
+        micro_losses.append(loss.detach().float().reshape(1))
+        if accelerator.sync_gradients:  # the update's last micro-batch: check before the weights change
+            step_loss = _update_loss(accelerator, micro_losses)
+            micro_losses.clear()
+            if not math.isfinite(step_loss):
+                last = resolve_resume(run.output, "latest")
+                raise TrainingDiverged(f"loss is {step_loss} at step {global_step + 1}: training stopped; "
+                                       f"last good checkpoint: {last or 'none yet'}")
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(run.params, config.max_grad_norm)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return step_loss
+
+
+def _after_update(config: TrainConfig, task: TrainingTask, accelerator: Accelerator, run: _Run, step: int,
+                  step_loss: float) -> bool:
+    """EMA, the task's own after_update, the log row, checkpoint and validation of update `step`; True when the
+    run is done."""
+    if run.ema is not None:
+        run.ema.update()
+    if hasattr(task, "after_update"):
+        task.after_update(run.modules)
+    _log(accelerator, run.output, step, step_loss, run.lr_scheduler.get_last_lr()[0])
+    done = step >= config.max_train_steps
+    if step % config.checkpointing_steps == 0 or done:
+        save_checkpoint(accelerator, config, step, run.ema)
+    if config.validation_images and (step % config.validation_steps == 0 or done):
+        _validate(accelerator, task, run.modules, config, step, run.ema)
+    return done
 
 
 def _start_logs(accelerator: Accelerator, config: TrainConfig, output: Path, resume: Path | None, step: int) -> None:

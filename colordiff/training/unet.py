@@ -9,6 +9,7 @@ import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
+from colordiff.config import setting
 from colordiff.devices import mixed_precision_dtype
 from colordiff.training.common import (
     batch_moments,
@@ -39,6 +40,9 @@ class TrainUNetConfig(LoraSettings, NoiseScheduleConfig, TrainConfig):
     latents_cache: str | None = None  # precomputed VAE latents (scripts/precompute_latents.py): no VAE per step
     latents_dtype: str = "float16"  # storage dtype of a cache written by scripts/precompute_latents.py
     latents_shard_size: int = 1024  # images per cache shard
+    # learning rate of the 1x1 fuse conv of 000 Eq.1 (None: learning_rate). Its z_c half starts at zero and Adam
+    # moves a weight by about the learning rate per step, so a short run at the U-Net's rate leaves the condition faint
+    condition_fuse_learning_rate: float | None = setting(None, above=0)
 
 
 class UNetTask:
@@ -68,6 +72,14 @@ class UNetTask:
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"unet": self.pipe.unet}
+
+    def param_groups(self, named: list[tuple[str, nn.Parameter]]) -> list[dict]:
+        """The fuse conv at condition_fuse_learning_rate (when set), everything else at learning_rate."""
+        rate = self.config.condition_fuse_learning_rate
+        fuse = [p for n, p in named if ".condition_fuse." in n]
+        if rate is None or not fuse:
+            return [{"params": [p for _, p in named]}]
+        return [{"params": [p for n, p in named if ".condition_fuse." not in n]}, {"params": fuse, "lr": rate}]
 
     def loss(self, modules: dict[str, nn.Module], batch: dict) -> torch.Tensor:
         device, vae = self.accelerator.device, self.pipe.vae
