@@ -27,6 +27,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from colordiff import hue
 from colordiff import metrics as M
 from colordiff.config import ConfigError, setting
 from colordiff.devices import accelerator_available
@@ -35,7 +36,8 @@ from colordiff.io import ImageReadError, atomic_write
 from colordiff.protocol import Protocol, check_protocol, load_pair, pair_folders
 
 REPO = Path(__file__).resolve().parents[1]
-METRIC_GROUPS = ("colorfulness", "psnr", "ssim", "lpips", "fid", "delta_ab")
+METRIC_GROUPS = ("colorfulness", "psnr", "ssim", "lpips", "fid", "delta_ab", "hue_accuracy")
+HUE_COLUMNS = [f"hue_{kind}_{s}" for kind in ("right", "pixels") for s in range(6)]  # per image, for pooling
 _ALIASES = {"delta_cf": "colorfulness", "cf": "colorfulness"}
 
 
@@ -145,6 +147,10 @@ class _Scorer:
                 out["ssim"] = M.ssim(p, g)
         if "delta_ab" in self.names:
             out["delta_ab"] = M.delta_ab(pred, gt)
+        if "hue_accuracy" in self.names:
+            counts = hue.hue_sector_counts(pred, gt)  # (B, 2, 6)
+            out["hue_accuracy"] = torch.tensor([hue.balanced_hue_accuracy(c) for c in counts], dtype=torch.float64)
+            out |= dict(zip(HUE_COLUMNS, counts.flatten(1).unbind(1), strict=True))
         if "lpips" in self.names:
             out["lpips"] = self.lpips(pred.to(self.device), gt.to(self.device)).cpu()
         if self.fid is not None:
@@ -243,6 +249,9 @@ def summarise(rows: list[dict], names: list[str], scorer: _Scorer, config: Metri
     for col in ("psnr", "ssim", "lpips", "delta_ab"):
         if col in names:
             results[col] = mean(col)
+    if "hue_accuracy" in names:  # pooled over the set's pixels (each sector weighs the same), not a mean of images
+        counts = torch.tensor([[r[c] for c in HUE_COLUMNS] for r in rows], dtype=torch.float64).reshape(-1, 2, 6)
+        results["hue_accuracy"] = hue.balanced_hue_accuracy(counts.sum(0)) if rows else float("nan")
     if scorer.fid is not None:
         if len(rows) < 2:  # rows of all processes: every process stops here, or none
             raise UsageError(f"FID needs at least 2 evaluated image pairs, got {len(rows)}")
