@@ -230,6 +230,8 @@ def test_prior_generator_settings_are_checked(yaml_text, message, tmp_path):
 def test_every_shipped_config_still_loads():
     """The checks accept every recipe and settings file the repository ships."""
     from colordiff.colorize import ColorizeConfig
+    from colordiff.mini.base import MiniBaseConfig
+    from colordiff.mini.lab import LabConfig
     from colordiff.reproduce import EvalSetConfig
     from colordiff.semantics import PriorsConfig
     from colordiff.video.config import VideoConfig
@@ -238,10 +240,13 @@ def test_every_shipped_config_still_loads():
     loaded = 0
     for path in sorted((REPO / "configs").rglob("*.yaml")):
         relative = path.relative_to(REPO / "configs").as_posix()
-        if relative.startswith(("benchmark/", "eval/published/")) or relative in (
-                "mini/lab.yaml", "mini/base.yaml", "semantics/captions_seada.yaml"):
-            continue  # other schemas (scripts/benchmark.py and caption.py, the published tables, the miniature)
-        if path.name == "colorize.yaml":
+        if relative.startswith(("benchmark/", "eval/published/")) or relative == "semantics/captions_seada.yaml":
+            continue  # other schemas (scripts/benchmark.py and caption.py, the published tables)
+        if relative in ("mini/lab.yaml", "mini/world.yaml"):
+            load_config(LabConfig, [path], ["data_dir=d"])
+        elif relative in ("mini/base.yaml", "mini/world_base.yaml"):
+            load_config(MiniBaseConfig, [path], ["data_dir=d"])
+        elif path.name.endswith("colorize.yaml"):
             load_config(ColorizeConfig, [path], ["model=m", "output_dir=o"])
         elif relative.startswith("video/"):
             load_config(VideoConfig, [path], ["model=m", "output_dir=o"])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from colordiff.config import ConfigError, dotlist_value, load_config
+from colordiff.config import ConfigError, dotlist_value
 from colordiff.io import atomic_write, write_image
 from colordiff.mini.photos import list_photos, load_photo
 
@@ -43,11 +43,27 @@ class LabConfig:
                                                                "configs/mini/decoder.yaml"])
     seada_recipes: list[str] = field(default_factory=lambda: [f"configs/mini/seada_stage{n}.yaml" for n in range(4)])
     train_overrides: list[str] = field(default_factory=list)  # key=value for every training phase (smoke runs)
+    seada_overrides: list[str] = field(default_factory=list)  # key=value for every SeAda stage, after train_overrides
     colorize_config: str = "configs/mini/colorize.yaml"
     colorize_overrides: list[str] = field(default_factory=list)
     colordiff: bool = True
     seada: bool = True
+    # encode the U-Net's training images once (scripts/precompute_latents.py) instead of twice per step; exact where
+    # the crops are the whole images (resize_range [1, 1] at the images' size), as in the world
+    latents_cache: bool = False
+    # the color-rule world (colordiff/mini/world.py) instead of photos: world_scenes > 0 generated training scenes
+    # (seed world_seed) and world_heldout held-out scenes from another seed, at image_size; data_dir is not read
+    world_scenes: int = 0
+    world_heldout: int = 25
+    world_seed: int = 0
+    world_heldout_seed: int = 1000
     threads: int = 0  # OMP/torch threads of each phase (0: as the environment says)
+
+
+def _rgb_of(path: Path) -> torch.Tensor:
+    from colordiff.io import read_image
+
+    return torch.from_numpy(read_image(path).rgb).permute(2, 0, 1)  # (3, H, W) in [0, 1]
 
 
 def paper_recipe(name: str) -> str:
@@ -55,7 +71,7 @@ def paper_recipe(name: str) -> str:
     return f"configs/seada/{Path(name).name.replace('seada_', '')}"
 
 
-class Lab:
+class MiniatureRun:
     """The phases of one miniature run, each skipped when its output exists."""
 
     def __init__(self, config: LabConfig):
@@ -91,10 +107,10 @@ class Lab:
             raise RuntimeError(f"{' '.join(args[:2])} failed (exit {result.returncode}); see {log_file}:\n"
                                + "\n".join(tail))
 
-    def train(self, script: str, recipes: list[str], **keys) -> None:
+    def train(self, script: str, recipes: list[str], extra: list[str] = (), **keys) -> None:
         configs = [x for recipe in recipes for x in ("--config", str(REPO / recipe))]
         overrides = [f"{k}={dotlist_value(v if isinstance(v, (bool, int, float)) else str(v))}"
-                     for k, v in keys.items()] + list(self.config.train_overrides)
+                     for k, v in keys.items()] + list(self.config.train_overrides) + list(extra)
         self.command(str(REPO / "scripts" / script), *configs, *overrides)
 
     def init_model(self, out: Path, method: str) -> Path:
@@ -105,6 +121,29 @@ class Lab:
         return out
 
     # -- data -------------------------------------------------------------------------------------------------------
+    def captions_file(self) -> Path:
+        """The Des_g / Des_c captions of every training and held-out image."""
+        return self.work / "photos" / "captions.jsonl" if self.config.world_scenes else REPO / self.config.captions
+
+    def prepare_world(self) -> None:
+        """Generated scenes: training ones, held-out ones (another seed) with their gray inputs, the captions of both
+        and, in photos/meta, the held-out scenes' instance maps."""
+        from colordiff.color import rgb_to_gray
+        from colordiff.mini.world import write_world
+
+        c, photos = self.config, self.work / "photos"
+        train = write_world(photos / "train", photos / "train_meta", c.world_scenes, c.world_seed, c.image_size)
+        held = write_world(photos / "gt", photos / "meta", c.world_heldout, c.world_heldout_seed, c.image_size,
+                           prefix="heldout")
+        for record in held:
+            gray = rgb_to_gray(_rgb_of(photos / "gt" / record["path"])).permute(1, 2, 0).numpy()
+            write_image(photos / "gray" / record["path"], gray)
+        with atomic_write(self.captions_file()) as tmp:
+            tmp.write_text("".join(json.dumps({k: r[k] for k in ("path", "caption_color", "caption_gray")}) + "\n"
+                                   for r in train + held))
+        with atomic_write(photos / "done.json") as tmp:
+            tmp.write_text(json.dumps({"train": [r["path"] for r in train], "heldout": [r["path"] for r in held]}))
+
     def prepare_photos(self) -> None:
         """Training photos (color only) and held-out ground truths + gray inputs, at the miniature's size, as PNG."""
         train, held = list_photos(self.config.data_dir, self.config.heldout)
@@ -123,15 +162,16 @@ class Lab:
     # -- the phases -------------------------------------------------------------------------------------------------
     def run(self) -> dict:
         c, w = self.config, self.work
-        self.phase("photos", w / "photos" / "done.json", self.prepare_photos)
+        self.phase("photos", w / "photos" / "done.json", self.prepare_world if c.world_scenes else self.prepare_photos)
         base_keys = [f"data_dir={dotlist_value(str(w / 'photos' / 'train'))}", "heldout=[]",
                      f"output_dir={dotlist_value(str(w / 'base'))}", f"image_size={c.image_size}",
-                     f"captions={dotlist_value(str(REPO / c.captions))}",
+                     f"captions={dotlist_value(str(self.captions_file()))}",
                      f"heldout_dir={dotlist_value(str(w / 'photos' / 'gt'))}"]
         base_configs = [x for f in c.base_config for x in ("--config", str(REPO / f))]
         self.phase("base", w / "base", lambda: self.command(
             str(REPO / "scripts" / "make_mini_base.py"), *base_configs, *base_keys, *c.base_overrides))
-        data = {"train_data_dir": w / "photos" / "train", "caption_file": REPO / c.captions, "local_files_only": True}
+        data = {"train_data_dir": w / "photos" / "train", "caption_file": self.captions_file(),
+                "local_files_only": True}
         models = {}
         if c.colordiff:
             models.update(self.run_colordiff(data))
@@ -145,9 +185,14 @@ class Lab:
         w = self.work
         init = self.phase("colordiff init-model", w / "colordiff_init",
                           lambda: self.init_model(w / "colordiff_init", "colordiff"))
+        if self.config.latents_cache:
+            self.phase("precompute_latents", w / "latents" / "index.json", lambda: self.train(
+                "precompute_latents.py", self.config.unet_recipe, pretrained_model_name_or_path=init,
+                output_dir=w / "latents_run", latents_cache=w / "latents", **data))
+        cache = {"latents_cache": w / "latents"} if self.config.latents_cache else {}
         self.phase("train_unet (Eq.2)", w / "unet" / "model", lambda: self.train(
             "train_unet.py", self.config.unet_recipe, pretrained_model_name_or_path=init, output_dir=w / "unet",
-            **data))
+            **data, **cache))
         self.phase("train_decoder (Eq.7)", w / "decoder" / "model", lambda: self.train(
             "train_decoder.py", self.config.decoder_recipe, pretrained_model_name_or_path=init,
             output_dir=w / "decoder", **data))
@@ -167,21 +212,19 @@ class Lab:
         for name, stage, start in runs:
             self.phase(f"train_seada stage {stage} ({name})", w / name / "model", lambda name=name, stage=stage,
                        start=start: self.train("train_seada.py", [paper_recipe(recipes[stage]), recipes[stage]],
-                                               pretrained_model_name_or_path=start, output_dir=w / name, **data))
+                                               self.config.seada_overrides, pretrained_model_name_or_path=start,
+                                               output_dir=w / name, **data))
         return {"seada_ii": w / "seada_stage2_only" / "model", "seada_i_ii": w / "seada_stage2" / "model",
                 "seada_i_ii_iii": w / "seada_stage3" / "model"}
 
 
 def main(config: LabConfig) -> Path:
-    if config.data_dir in ("", "???"):
-        raise ConfigError("data_dir is required (a folder of color photos)")
+    if config.data_dir in ("", "???") and not config.world_scenes:
+        raise ConfigError("data_dir is required (a folder of color photos), or world_scenes > 0")
     torch.set_num_threads(config.threads or torch.get_num_threads())
-    lab = Lab(config)
+    lab = MiniatureRun(config)
     lab.run()
     lab.log(f"total {time.time() - lab.start:.0f} s; table: {lab.work / 'table.md'}, grid: {lab.work / 'grid.png'}")
     print((lab.work / "table.md").read_text())
     return lab.work / "table.md"
 
-
-def load_lab_config(files: list[str], overrides: list[str]) -> LabConfig:
-    return load_config(LabConfig, files, overrides)

@@ -22,11 +22,13 @@ ROWS = {
     "unet_only": ("paper 000 Table 2", "U-Net only (w/o luminance-aware decoder)"),
     "unet_decoder": ("paper 000 Table 2", "+ luminance-aware decoder (w/o high-level semantics)"),
     "unet_decoder_prompt": ("paper 000 Table 2", "+ priors: the caption prompt (full model)"),
+    "unet_decoder_prompt_seg": ("paper 000 Table 2", "+ segmentation guidance on the exact masks (world only)"),
     "seada_ii": ("paper 001 Table 2", "stage II only"),
     "seada_i_ii": ("paper 001 Table 2", "stages I + II"),
     "seada_i_ii_iii": ("paper 001 Table 2", "stages I + II + III (full model)"),
 }
-METRICS = ["colorfulness", "delta_cf", "delta_cf_per_image", "psnr", "delta_ab"]
+WORLD_ROWS = {"unet_decoder_prompt_seg"}  # rows only the color-rule world has (its exact instance masks)
+METRICS = ["colorfulness", "delta_cf", "delta_cf_per_image", "psnr", "delta_ab", "hue_accuracy"]
 
 
 def _rgb(path: Path) -> torch.Tensor:
@@ -87,7 +89,7 @@ def colorize_models(lab, models: dict[str, Path]) -> dict[str, Path]:
         folder = lab.work / "pred" / row
         if extra and not heldout_captions.exists():
             keep = {p.name for p in gray.glob("*.png")}
-            lines = [line for line in (lab.repo / c.captions).read_text().splitlines()
+            lines = [line for line in lab.captions_file().read_text().splitlines()
                      if line.strip() and json.loads(line)["path"] in keep]
             with atomic_write(heldout_captions) as tmp:
                 tmp.write_text("\n".join(lines) + "\n")
@@ -120,11 +122,12 @@ def evaluate_rows(lab, predictions: dict[str, Path]) -> dict[str, dict]:
 
 
 def evaluate_folder(pred: Path, gt: Path, target: Path) -> None:
-    """`colordiff evaluate` at the photos' native size: colorfulness (ΔCF), PSNR, mean |Δab| -> JSON + CSV."""
+    """`colordiff evaluate` at the photos' native size: colorfulness (ΔCF), PSNR, mean |Δab|, hue accuracy -> JSON +
+    CSV."""
     from colordiff.evaluate import EvalConfig, Protocol, run_evaluation, to_json, write_csv, write_text
 
     config = EvalConfig(pred=str(pred), gt=str(gt), protocol=Protocol(size=0), device="cpu",
-                        metrics=["colorfulness", "psnr", "delta_ab"])
+                        metrics=["colorfulness", "psnr", "delta_ab", "hue_accuracy"])
     with torch.inference_mode():
         results, rows = run_evaluation(config)
     if results["n_failed"]:
@@ -135,8 +138,9 @@ def evaluate_folder(pred: Path, gt: Path, target: Path) -> None:
 
 @torch.no_grad()
 def condition_check(model: Path, gt_dir: Path, names: list[str], seed: int = 0) -> dict:
-    """Held-out eps loss of the trained U-Net with each photo's own z_c and with another photo's z_c (rolled by
-    one): the condition is used when the first is well below the second. Same noise, timesteps and prompt ("")."""
+    """Held-out loss of the trained U-Net (eps, or v for a v-prediction model) with each photo's own z_c and with
+    another photo's z_c (rolled by one): the condition is used when the first is well below the second. Same noise,
+    timesteps and prompt ("")."""
     from colordiff.color import rgb_to_gray
     from colordiff.pipelines import load_pipeline
 
@@ -148,7 +152,8 @@ def condition_check(model: Path, gt_dir: Path, names: list[str], seed: int = 0) 
     z0 = pipe.vae.encode(x * 2 - 1).latent_dist.mode() * scale
     zc, _ = pipe.encode_gray(rgb_to_gray(x))
     emb = pipe.encode_prompt([""] * len(x))
-    alphas = pipe.scheduler.alphas_cumprod
+    alphas = pipe.scheduler.alphas_cumprod  # the model's own schedule (zero terminal SNR when it was trained so)
+    v_target = pipe.scheduler.config.prediction_type == "v_prediction"
     generator = torch.Generator().manual_seed(seed)
     own, other = [], []
     for t in torch.linspace(50, 950, 10).long():
@@ -156,8 +161,9 @@ def condition_check(model: Path, gt_dir: Path, names: list[str], seed: int = 0) 
         zt = alphas[t].sqrt() * z0 + (1 - alphas[t]).sqrt() * noise
         steps = torch.full((len(x),), int(t))
         for cond, bucket in ((zc, own), (zc.roll(1, 0), other)):
-            eps = pipe.unet(zt, steps, emb, condition_latents=cond).sample
-            bucket.append(float((eps - noise).square().mean()))
+            prediction = pipe.unet(zt, steps, emb, condition_latents=cond).sample
+            target = alphas[t].sqrt() * noise - (1 - alphas[t]).sqrt() * z0 if v_target else noise
+            bucket.append(float((prediction - target).square().mean()))
     return {"eps_loss_own_condition": float(np.mean(own)), "eps_loss_other_condition": float(np.mean(other)),
             "ratio": float(np.mean(own) / np.mean(other))}
 
@@ -167,12 +173,17 @@ def report(lab, models: dict[str, Path]) -> dict:
     names = sorted(p.name for p in gt_dir.glob("*.png"))
     predictions = baseline_predictions(lab, gt_dir, names)
     predictions.update(colorize_models(lab, models))
+    world = bool(lab.config.world_scenes)
+    if world and "unet_decoder" in models:
+        predictions["unet_decoder_prompt_seg"] = colorize_world_masks(lab, models["unet_decoder"])
     results = evaluate_rows(lab, predictions)
     summary = {"rows": {row: {k: results[row].get(k) for k in METRICS + ["colorfulness_gt"]}
                         for row in ROWS if row in results}}
     if "unet_only" in models:
         summary["condition_check"] = condition_check(models["unet_only"], gt_dir, names)
-    summary["checks"] = goals(summary["rows"])
+    if world:
+        summary.update(world_scores(lab, {row: predictions[row] for row in ROWS if row in predictions}, models))
+    summary["checks"] = goals(summary["rows"]) | (world_goals(summary) if world else {})
     summary["base"] = json.loads((lab.work / "base" / "base_report.json").read_text())
     summary["heldout"] = names
     with atomic_write(lab.work / "table.json") as tmp:
@@ -181,6 +192,56 @@ def report(lab, models: dict[str, Path]) -> dict:
         tmp.write_text(render_table(summary))
     grid(lab.work / "grid.png", gt_dir, names, {row: predictions[row] for row in ROWS if row in predictions})
     return summary
+
+
+def colorize_world_masks(lab, model: Path) -> Path:
+    """The world's segmentation-guided row: the full model, caption prompt and the generator's exact masks."""
+    from colordiff.colorize import ColorizeConfig
+    from colordiff.mini.world_report import colorize_with_masks
+
+    folder, photos = lab.work / "pred" / "unet_decoder_prompt_seg", lab.work / "photos"
+    settings = load_config(ColorizeConfig, [lab.repo / lab.config.colorize_config],
+                           ["model=unused", "output_dir=unused", *lab.config.colorize_overrides])
+    marker = folder / ".complete"
+    lab.phase("colorize unet_decoder_prompt_seg", marker, lambda: (
+        colorize_with_masks(model, photos / "gray", photos / "meta", folder, settings), marker.touch()))
+    return folder
+
+
+def world_scores(lab, predictions: dict[str, Path], models: dict[str, Path]) -> dict:
+    """Hue accuracy per shape of every row, and the ColorDiff U-Net's learning curve."""
+    from colordiff.colorize import ColorizeConfig
+    from colordiff.mini.world_report import class_accuracy, learning_curve, save_json
+
+    photos, out = lab.work / "photos", {}
+    out["class_accuracy"] = {row: class_accuracy(folder, photos / "gt", photos / "meta")
+                             for row, folder in predictions.items()}
+    target = lab.work / "eval" / "learning_curve.json"
+    if "unet_only" in models:
+        settings = load_config(ColorizeConfig, [lab.repo / lab.config.colorize_config],
+                               ["model=unused", "output_dir=unused", *lab.config.colorize_overrides])
+        lab.phase("learning curve", target, lambda: save_json(target, learning_curve(
+            lab.work / "unet", models["unet_only"], photos / "gray", photos / "gt", settings)))
+        out["learning_curve"] = json.loads(target.read_text())
+    return out
+
+
+def world_goals(summary: dict) -> dict:
+    """The color-rule world's targets (docs/miniature.md): every one is met by a recipe that learns the rules."""
+    rows, classes = summary["rows"], summary.get("class_accuracy", {})
+    full, seg = rows.get("unet_decoder_prompt", {}), rows.get("unet_decoder_prompt_seg", {})
+    gray_psnr = rows.get("gray", {}).get("psnr")
+    ring = lambda row: classes.get(row, {}).get("ring")  # noqa: E731
+    known = lambda *v: None not in v  # noqa: E731
+    return {
+        "full model hue accuracy >= 0.9": known(full.get("hue_accuracy")) and full["hue_accuracy"] >= 0.9,
+        "full model PSNR >= gray + 6 dB": known(full.get("psnr"), gray_psnr) and full["psnr"] >= gray_psnr + 6,
+        "ring right >= 0.9 with its caption": known(ring("unet_decoder_prompt")) and ring("unet_decoder_prompt") >= 0.9,
+        "ring about chance (0.3-0.7) without a caption": known(ring("unet_decoder"))
+        and 0.3 <= ring("unet_decoder") <= 0.7,
+        "exact-mask segmentation guidance not worse (hue accuracy within 0.02)": known(
+            seg.get("hue_accuracy"), full.get("hue_accuracy")) and seg["hue_accuracy"] >= full["hue_accuracy"] - 0.02,
+    }
 
 
 def goals(rows: dict) -> dict:
@@ -220,15 +281,21 @@ def render_table(summary: dict) -> str:
             continue
         if sec != section:
             section = sec
-            lines += ["", f"**{sec}**", "", "| method | CF | ΔCF | ΔCF per image | PSNR | mean ‖Δab‖ |",
-                      "|---|---:|---:|---:|---:|---:|"]
+            lines += ["", f"**{sec}**", "", "| method | CF | ΔCF | ΔCF per image | PSNR | mean ‖Δab‖ | hue acc. |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
         r = rows[row]
         lines.append(f"| {label} | {_cell(r['colorfulness'])} | {_cell(r['delta_cf'])} | "
-                     f"{_cell(r['delta_cf_per_image'])} | {_cell(r['psnr'])} | {_cell(r['delta_ab'])} |")
+                     f"{_cell(r['delta_cf_per_image'])} | {_cell(r['psnr'])} | {_cell(r['delta_ab'])} | "
+                     f"{_cell(r.get('hue_accuracy'))} |")
     if "condition_check" in summary:
         c = summary["condition_check"]
-        lines += ["", f"Held-out eps loss of the trained U-Net: {c['eps_loss_own_condition']:.4f} with the photo's own "
-                  f"z_c, {c['eps_loss_other_condition']:.4f} with another photo's (ratio {c['ratio']:.3f})."]
+        lines += ["", f"Held-out loss (its eps or v target) of the trained U-Net: {c['eps_loss_own_condition']:.4f} "
+                  f"with the photo's own z_c, {c['eps_loss_other_condition']:.4f} with another photo's "
+                  f"(ratio {c['ratio']:.3f})."]
+    if "class_accuracy" in summary:
+        from colordiff.mini.world_report import render_world
+
+        lines += render_world(summary)
     base = summary["base"]
     lines += ["", f"Base VAE: held-out reconstruction {base['heldout_psnr']:.2f} dB, colorfulness "
               f"{base['colorfulness_ratio']:.2f} x the ground truth's.", "", "Targets:", ""]

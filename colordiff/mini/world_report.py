@@ -1,0 +1,135 @@
+"""The color-rule world's own scores (scripts/miniature.py with configs/mini/world.yaml): hue accuracy per shape from
+the generator's instance maps, the full model with segmentation guidance on the exact masks, and the learning curve
+of the ColorDiff U-Net (held-out balanced hue accuracy of each checkpoint)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from colordiff import hue
+from colordiff import metrics as M
+from colordiff.io import read_image, write_image
+from colordiff.mini.world import read_instances, read_world
+
+CLASSES = ["disk", "square", "triangle", "star", "ring", "dotted ground", "striped ground", "sky"]
+GROUND_OF = {"teal": "dotted ground", "brown": "striped ground"}
+
+
+def _uint8(path: Path) -> torch.Tensor:
+    return M.as_uint8_batch((read_image(path).rgb * 255).round().astype(np.uint8))  # (1, 3, H, W)
+
+
+def class_maps(meta: Path, name: str) -> dict[str, torch.Tensor]:
+    """{class: (1, H, W) bool} of one held-out scene: the visible pixels of each shape, ground texture and the sky."""
+    record, ids = read_world(meta)[name], torch.from_numpy(read_instances(meta, name).astype(np.int64))
+    maps = {}
+    for inst in record["instances"]:
+        label = GROUND_OF[inst["color"]] if inst["label"] == "ground" else inst["label"]
+        maps[label] = maps.get(label, torch.zeros_like(ids, dtype=torch.bool)) | (ids == inst["id"])
+    return {k: v[None] for k, v in maps.items()}
+
+
+def class_accuracy(pred_dir: Path, gt_dir: Path, meta: Path) -> dict[str, float]:
+    """Hue accuracy per class (balanced over the class's hue sectors: the ring's two colors weigh the same), pooled
+    over the held-out scenes; and "all": the balanced hue accuracy of the whole scenes."""
+    counts = {c: torch.zeros(2, 6, dtype=torch.float64) for c in [*CLASSES, "all"]}
+    for name in sorted(read_world(meta)):
+        pred, gt = _uint8(pred_dir / name), _uint8(gt_dir / name)
+        counts["all"] += hue.hue_sector_counts(pred, gt)[0]
+        for label, mask in class_maps(meta, name).items():
+            counts[label] += hue.hue_sector_counts(pred, gt, mask=mask)[0]
+    return {c: hue.balanced_hue_accuracy(v) for c, v in counts.items()}
+
+
+def exact_priors(meta: Path, name: str):
+    """The ImagePriors of a held-out scene as a perfect prior generator would give them: the color caption and one
+    instance per visible object (mask and shape name; the ground and sky are not instances)."""
+    from colordiff.semantics import ImagePriors, Instances
+
+    record, ids = read_world(meta)[name], torch.from_numpy(read_instances(meta, name).astype(np.int64))
+    objects = [i for i in record["instances"][2:] if bool((ids == i["id"]).any())]
+    masks = torch.stack([ids == i["id"] for i in objects]) if objects else torch.zeros(0, *ids.shape, dtype=torch.bool)
+    return ImagePriors(caption=record["caption_color"],
+                       instances=Instances(masks, [i["label"] for i in objects], [1.0] * len(objects)))
+
+
+def colorize_with_masks(model: Path, gray_dir: Path, meta: Path, out_dir: Path, settings) -> None:
+    """The full model with the caption prompt and segmentation guidance (000 Eq.4-5) on the exact instance masks,
+    through the pipeline with precomputed priors; the same seeds and sampler settings as `colordiff colorize`."""
+    from colordiff.colorize_jobs import sample_seed
+    from colordiff.pipelines import load_pipeline
+
+    pipe = load_pipeline(str(model), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    names = sorted(read_world(meta))
+    images = [read_image(gray_dir / n).rgb for n in names]
+    generators = [torch.Generator().manual_seed(sample_seed(settings.seed, Path(n), 0)) for n in names]
+    output = pipe(images, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                  generator=generators, resolution=settings.resolution, output_type="np",
+                  priors=[exact_priors(meta, n) for n in names], seg_strength=settings.seg_strength)
+    for name, rgb in zip(names, output.images, strict=True):
+        write_image(out_dir / name, rgb)
+
+
+def learning_curve(run_dir: Path, model: Path, gray_dir: Path, gt_dir: Path, settings) -> list[dict]:
+    """Held-out balanced hue accuracy of every checkpoint of a U-Net run (its EMA weights when kept), sampled as
+    `colordiff colorize` samples (no prompt), loaded into the exported model folder's pipeline."""
+    from safetensors.torch import load_file
+
+    from colordiff.colorize_jobs import sample_seed
+    from colordiff.pipelines import load_pipeline
+    from colordiff.training.checkpoint import checkpoint_step, list_checkpoints
+
+    pipe = load_pipeline(str(model), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    names = sorted(p.name for p in gt_dir.glob("*.png"))
+    images = [read_image(gray_dir / n).rgb for n in names]
+    gts = torch.cat([_uint8(gt_dir / n) for n in names])
+    curve = []
+    for checkpoint in list_checkpoints(run_dir):
+        ema = checkpoint / "ema.safetensors"
+        if ema.is_file():  # the averaged weights, keyed "unet.<parameter>"
+            weights = {k.removeprefix("unet."): v for k, v in load_file(ema).items()}
+        else:
+            weights = load_file(checkpoint / "model.safetensors")
+        pipe.unet.load_state_dict(weights, strict=True)
+        generators = [torch.Generator().manual_seed(sample_seed(settings.seed, Path(n), 0)) for n in names]
+        output = pipe(images, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                      generator=generators, resolution=settings.resolution, output_type="np", priors="none")
+        pred = M.as_uint8_batch((np.stack(output.images) * 255).round().astype(np.uint8))
+        counts = hue.hue_sector_counts(pred, gts).sum(0)
+        curve.append({"step": checkpoint_step(checkpoint), "hue_accuracy": hue.balanced_hue_accuracy(counts),
+                      "psnr": float(M.psnr(pred, gts).mean())})
+    return curve
+
+
+def render_world(summary: dict) -> list[str]:
+    """The world's extra table lines: hue accuracy per class for each row, the ring with and without its caption,
+    and the learning curve."""
+    lines = ["", "**hue accuracy per class** (held-out; balanced over hue sectors)", "",
+             "| method | all | " + " | ".join(CLASSES) + " |", "|---|" + "---:|" * (len(CLASSES) + 1)]
+    for row, acc in summary.get("class_accuracy", {}).items():
+        lines.append(f"| {row} | " + " | ".join(_fmt(acc.get(c)) for c in ["all", *CLASSES]) + " |")
+    curve = summary.get("learning_curve") or []
+    if curve:
+        lines += ["", "**learning curve** (ColorDiff U-Net, held-out, no prompt)", "",
+                  "| step | " + " | ".join(str(p["step"]) for p in curve) + " |",
+                  "|---|" + "---:|" * len(curve),
+                  "| hue accuracy | " + " | ".join(_fmt(p["hue_accuracy"]) for p in curve) + " |",
+                  "| PSNR | " + " | ".join(_fmt(p["psnr"]) for p in curve) + " |"]
+    return lines
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.2f}"
+
+
+def save_json(path: Path, data) -> None:
+    from colordiff.io import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
