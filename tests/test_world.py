@@ -77,7 +77,7 @@ def test_captions_carry_the_ring_color_only_in_the_color_caption(tmp_path):
 def test_exact_priors_hold_the_visible_objects(tmp_path):
     records = write_world(tmp_path / "img", tmp_path / "meta", 5, 0, 48)
     for record in records:
-        priors = exact_priors(tmp_path / "meta", record["path"])
+        priors = exact_priors(tmp_path / "meta", record)
         ids = read_instances(tmp_path / "meta", record["path"])
         visible = [i for i in record["instances"][2:] if (ids == i["id"]).any()]
         assert priors.caption == record["caption_color"]

@@ -8,7 +8,6 @@ The thresholds come from measured runs (docs/miniature.md, "The color-rule world
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from colordiff.config import load_config
 from colordiff.init_model import run_init_model
 from colordiff.io import read_image
 from colordiff.mini.base import MiniBaseConfig, make_mini_base
-from colordiff.mini.world import write_world
+from colordiff.mini.world import prepare_world
 from colordiff.pipelines import load_pipeline
 from colordiff.training.unet import TrainUNetConfig
 from colordiff.training.unet import main as train_unet
@@ -44,20 +43,11 @@ def _hue_accuracy(model: Path, gt_dir: Path, gray_dir: Path) -> float:
 
 @pytest.mark.slow
 def test_colordiff_unet_learns_the_color_world(tmp_path):
-    from colordiff.color import rgb_to_gray
-    from colordiff.io import write_image
-
     torch.manual_seed(0)
-    records = write_world(tmp_path / "train", tmp_path / "train_meta", 400, 0, SIZE)
-    held = write_world(tmp_path / "gt", tmp_path / "meta", 16, 1000, SIZE, prefix="heldout")
-    for r in held:
-        rgb = torch.from_numpy(read_image(tmp_path / "gt" / r["path"]).rgb).permute(2, 0, 1)
-        write_image(tmp_path / "gray" / r["path"], rgb_to_gray(rgb).permute(1, 2, 0).numpy())
-    captions = tmp_path / "captions.jsonl"
-    captions.write_text("".join(json.dumps({k: r[k] for k in ("path", "caption_color", "caption_gray")}) + "\n"
-                                for r in records))
+    photos = tmp_path / "photos"
+    prepare_world(photos, 400, 16, 0, 1000, SIZE)
     base = make_mini_base(MiniBaseConfig(
-        data_dir=str(tmp_path / "train"), output_dir=str(tmp_path / "base"), image_size=SIZE, vae_channels=[32, 64],
+        data_dir=str(photos / "train"), output_dir=str(tmp_path / "base"), image_size=SIZE, vae_channels=[32, 64],
         vae_crop=SIZE, resize_range=[1.0, 1.0], vae_steps=200, vae_chroma_weight=2.0, autocast_bf16=False,
         unet_channels=[32, 64], unet_pretrain_steps=0), log=lambda *_: None)
     run_init_model(str(tmp_path / "init"), tiny=False, base=str(base), dtype="float32", local_files_only=True,
@@ -65,14 +55,14 @@ def test_colordiff_unet_learns_the_color_world(tmp_path):
     config = load_config(TrainUNetConfig, [REPO / "configs/colordiff/unet.yaml", REPO / "configs/mini/unet.yaml",
                                            REPO / "configs/mini/world_unet.yaml"], [
         f"pretrained_model_name_or_path={tmp_path / 'init'}", f"output_dir={tmp_path / 'unet'}",
-        f"train_data_dir={tmp_path / 'train'}", f"caption_file={captions}", f"resolution={SIZE}",
+        f"train_data_dir={photos / 'train'}", f"caption_file={photos / 'captions.jsonl'}", f"resolution={SIZE}",
         "max_train_steps=300", "checkpointing_steps=1000", "checkpoints_total_limit=1", "resume_from_checkpoint=null",
         "mixed_precision='no'", "resize_range=[1.0,1.0]"])
     trained = train_unet(config)
 
-    untrained_score = _hue_accuracy(tmp_path / "init", tmp_path / "gt", tmp_path / "gray")
-    trained_score = _hue_accuracy(trained, tmp_path / "gt", tmp_path / "gray")
+    untrained_score = _hue_accuracy(tmp_path / "init", photos / "gt", photos / "gray")
+    trained_score = _hue_accuracy(trained, photos / "gt", photos / "gray")
     print(f"balanced hue accuracy: untrained {untrained_score:.3f}, trained {trained_score:.3f}")
-    # measured on the 2-core development machine: untrained 0.25, trained 0.43 (docs/miniature.md)
+    # measured on the 2-core development machine: untrained 0.25, trained 0.40-0.43 (docs/miniature.md)
     assert trained_score >= 0.33
     assert trained_score >= untrained_score + 0.08

@@ -60,12 +60,6 @@ class LabConfig:
     threads: int = 0  # OMP/torch threads of each phase (0: as the environment says)
 
 
-def _rgb_of(path: Path) -> torch.Tensor:
-    from colordiff.io import read_image
-
-    return torch.from_numpy(read_image(path).rgb).permute(2, 0, 1)  # (3, H, W) in [0, 1]
-
-
 def paper_recipe(name: str) -> str:
     """configs/seada/stage<n>.yaml beside each mini stage recipe: the paper's file that the mini one shrinks."""
     return f"configs/seada/{Path(name).name.replace('seada_', '')}"
@@ -126,21 +120,13 @@ class MiniatureRun:
         return self.work / "photos" / "captions.jsonl" if self.config.world_scenes else REPO / self.config.captions
 
     def prepare_world(self) -> None:
-        """Generated scenes: training ones, held-out ones (another seed) with their gray inputs, the captions of both
-        and, in photos/meta, the held-out scenes' instance maps."""
-        from colordiff.color import rgb_to_gray
-        from colordiff.mini.world import write_world
+        """Generated scenes (colordiff/mini/world.py's prepare_world): training ones, held-out ones from another seed
+        with their gray inputs, the captions of both and the held-out scenes' instance maps in photos/meta."""
+        from colordiff.mini.world import prepare_world
 
         c, photos = self.config, self.work / "photos"
-        train = write_world(photos / "train", photos / "train_meta", c.world_scenes, c.world_seed, c.image_size)
-        held = write_world(photos / "gt", photos / "meta", c.world_heldout, c.world_heldout_seed, c.image_size,
-                           prefix="heldout")
-        for record in held:
-            gray = rgb_to_gray(_rgb_of(photos / "gt" / record["path"])).permute(1, 2, 0).numpy()
-            write_image(photos / "gray" / record["path"], gray)
-        with atomic_write(self.captions_file()) as tmp:
-            tmp.write_text("".join(json.dumps({k: r[k] for k in ("path", "caption_color", "caption_gray")}) + "\n"
-                                   for r in train + held))
+        train, held = prepare_world(photos, c.world_scenes, c.world_heldout, c.world_seed, c.world_heldout_seed,
+                                    c.image_size)
         with atomic_write(photos / "done.json") as tmp:
             tmp.write_text(json.dumps({"train": [r["path"] for r in train], "heldout": [r["path"] for r in held]}))
 

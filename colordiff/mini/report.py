@@ -194,23 +194,28 @@ def report(lab, models: dict[str, Path]) -> dict:
     return summary
 
 
+def colorize_settings(lab):
+    """The sampler settings of `colordiff colorize` in the lab (colorize_config + colorize_overrides), for the rows
+    the lab samples through the pipeline itself."""
+    from colordiff.colorize import ColorizeConfig
+
+    return load_config(ColorizeConfig, [lab.repo / lab.config.colorize_config],
+                       ["model=unused", "output_dir=unused", *lab.config.colorize_overrides])
+
+
 def colorize_world_masks(lab, model: Path) -> Path:
     """The world's segmentation-guided row: the full model, caption prompt and the generator's exact masks."""
-    from colordiff.colorize import ColorizeConfig
     from colordiff.mini.world_report import colorize_with_masks
 
     folder, photos = lab.work / "pred" / "unet_decoder_prompt_seg", lab.work / "photos"
-    settings = load_config(ColorizeConfig, [lab.repo / lab.config.colorize_config],
-                           ["model=unused", "output_dir=unused", *lab.config.colorize_overrides])
     marker = folder / ".complete"
     lab.phase("colorize unet_decoder_prompt_seg", marker, lambda: (
-        colorize_with_masks(model, photos / "gray", photos / "meta", folder, settings), marker.touch()))
+        colorize_with_masks(model, photos / "gray", photos / "meta", folder, colorize_settings(lab)), marker.touch()))
     return folder
 
 
 def world_scores(lab, predictions: dict[str, Path], models: dict[str, Path]) -> dict:
     """Hue accuracy per shape of every row, and the ColorDiff U-Net's learning curve."""
-    from colordiff.colorize import ColorizeConfig
     from colordiff.mini.world_report import class_accuracy, learning_curve, save_json
 
     photos, out = lab.work / "photos", {}
@@ -218,10 +223,8 @@ def world_scores(lab, predictions: dict[str, Path], models: dict[str, Path]) -> 
                              for row, folder in predictions.items()}
     target = lab.work / "eval" / "learning_curve.json"
     if "unet_only" in models:
-        settings = load_config(ColorizeConfig, [lab.repo / lab.config.colorize_config],
-                               ["model=unused", "output_dir=unused", *lab.config.colorize_overrides])
         lab.phase("learning curve", target, lambda: save_json(target, learning_curve(
-            lab.work / "unet", models["unet_only"], photos / "gray", photos / "gt", settings)))
+            lab.work / "unet", models["unet_only"], photos / "gray", photos / "gt", colorize_settings(lab))))
         out["learning_curve"] = json.loads(target.read_text())
     return out
 

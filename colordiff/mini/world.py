@@ -168,6 +168,25 @@ def write_world(folder: str | Path, meta: str | Path, count: int, seed: int, siz
     return records
 
 
+def prepare_world(photos: str | Path, scenes: int, heldout: int, seed: int, heldout_seed: int,
+                  size: int) -> tuple[list[dict], list[dict]]:
+    """The miniature's folders under `photos`: train/ (+ train_meta/), the held-out scenes gt/ (+ meta/) from another
+    seed with their gray inputs gray/, and captions.jsonl of both; returns the (training, held-out) records."""
+    from colordiff.color import rgb_to_gray
+    from colordiff.io import read_image
+
+    photos = Path(photos)
+    train = write_world(photos / "train", photos / "train_meta", scenes, seed, size)
+    held = write_world(photos / "gt", photos / "meta", heldout, heldout_seed, size, prefix="heldout")
+    for record in held:
+        rgb = torch.from_numpy(read_image(photos / "gt" / record["path"]).rgb).permute(2, 0, 1)  # (3, H, W)
+        write_image(photos / "gray" / record["path"], rgb_to_gray(rgb).permute(1, 2, 0).numpy())
+    with atomic_write(photos / "captions.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps({k: r[k] for k in ("path", "caption_color", "caption_gray")}) + "\n"
+                               for r in train + held))
+    return train, held
+
+
 def read_world(meta: str | Path) -> dict[str, dict]:
     """world.jsonl of a meta folder written by write_world: {file name: record}."""
     lines = (Path(meta) / "world.jsonl").read_text().splitlines()

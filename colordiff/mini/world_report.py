@@ -23,9 +23,10 @@ def _uint8(path: Path) -> torch.Tensor:
     return M.as_uint8_batch((read_image(path).rgb * 255).round().astype(np.uint8))  # (1, 3, H, W)
 
 
-def class_maps(meta: Path, name: str) -> dict[str, torch.Tensor]:
-    """{class: (1, H, W) bool} of one held-out scene: the visible pixels of each shape, ground texture and the sky."""
-    record, ids = read_world(meta)[name], torch.from_numpy(read_instances(meta, name).astype(np.int64))
+def class_maps(meta: Path, record: dict) -> dict[str, torch.Tensor]:
+    """{class: (1, H, W) bool} of one held-out scene (its world.jsonl record): the visible pixels of each shape,
+    ground texture and the sky."""
+    ids = torch.from_numpy(read_instances(meta, record["path"]).astype(np.int64))
     maps = {}
     for inst in record["instances"]:
         label = GROUND_OF[inst["color"]] if inst["label"] == "ground" else inst["label"]
@@ -37,41 +38,52 @@ def class_accuracy(pred_dir: Path, gt_dir: Path, meta: Path) -> dict[str, float]
     """Hue accuracy per class (balanced over the class's hue sectors: the ring's two colors weigh the same), pooled
     over the held-out scenes; and "all": the balanced hue accuracy of the whole scenes."""
     counts = {c: torch.zeros(2, 6, dtype=torch.float64) for c in [*CLASSES, "all"]}
-    for name in sorted(read_world(meta)):
+    for name, record in sorted(read_world(meta).items()):
         pred, gt = _uint8(pred_dir / name), _uint8(gt_dir / name)
         counts["all"] += hue.hue_sector_counts(pred, gt)[0]
-        for label, mask in class_maps(meta, name).items():
+        for label, mask in class_maps(meta, record).items():
             counts[label] += hue.hue_sector_counts(pred, gt, mask=mask)[0]
     return {c: hue.balanced_hue_accuracy(v) for c, v in counts.items()}
 
 
-def exact_priors(meta: Path, name: str):
-    """The ImagePriors of a held-out scene as a perfect prior generator would give them: the color caption and one
-    instance per visible object (mask and shape name; the ground and sky are not instances)."""
+def exact_priors(meta: Path, record: dict):
+    """The ImagePriors of a held-out scene (its world.jsonl record) as a perfect prior generator would give them: the
+    color caption and one instance per visible object (mask and shape name; the ground and sky are not instances)."""
     from colordiff.semantics import ImagePriors, Instances
 
-    record, ids = read_world(meta)[name], torch.from_numpy(read_instances(meta, name).astype(np.int64))
+    ids = torch.from_numpy(read_instances(meta, record["path"]).astype(np.int64))
     objects = [i for i in record["instances"][2:] if bool((ids == i["id"]).any())]
     masks = torch.stack([ids == i["id"] for i in objects]) if objects else torch.zeros(0, *ids.shape, dtype=torch.bool)
     return ImagePriors(caption=record["caption_color"],
                        instances=Instances(masks, [i["label"] for i in objects], [1.0] * len(objects)))
 
 
-def colorize_with_masks(model: Path, gray_dir: Path, meta: Path, out_dir: Path, settings) -> None:
-    """The full model with the caption prompt and segmentation guidance (000 Eq.4-5) on the exact instance masks,
-    through the pipeline with precomputed priors; the same seeds and sampler settings as `colordiff colorize`."""
+def held_out_sampler(model: Path, gray_dir: Path, names: list[str], settings):
+    """(pipeline, sample): sample(**call_arguments) colorizes the gray inputs `names` through the model's pipeline with
+    `colordiff colorize`'s seeds and sampler settings, returning float RGB arrays (H, W, 3)."""
     from colordiff.colorize_jobs import sample_seed
     from colordiff.pipelines import load_pipeline
 
     pipe = load_pipeline(str(model), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    names = sorted(read_world(meta))
     images = [read_image(gray_dir / n).rgb for n in names]
-    generators = [torch.Generator().manual_seed(sample_seed(settings.seed, Path(n), 0)) for n in names]
-    output = pipe(images, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-                  generator=generators, resolution=settings.resolution, output_type="np",
-                  priors=[exact_priors(meta, n) for n in names], seg_strength=settings.seg_strength)
-    for name, rgb in zip(names, output.images, strict=True):
+
+    def sample(**call_arguments) -> list[np.ndarray]:
+        generators = [torch.Generator().manual_seed(sample_seed(settings.seed, Path(n), 0)) for n in names]
+        return pipe(images, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                    generator=generators, resolution=settings.resolution, output_type="np", **call_arguments).images
+
+    return pipe, sample
+
+
+def colorize_with_masks(model: Path, gray_dir: Path, meta: Path, out_dir: Path, settings) -> None:
+    """The full model with the caption prompt and segmentation guidance (000 Eq.4-5) on the exact instance masks,
+    through the pipeline with precomputed priors; the same seeds and sampler settings as `colordiff colorize`."""
+    records = sorted(read_world(meta).items())
+    names = [name for name, _ in records]
+    _, sample = held_out_sampler(model, gray_dir, names, settings)
+    images = sample(priors=[exact_priors(meta, record) for _, record in records], seg_strength=settings.seg_strength)
+    for name, rgb in zip(names, images, strict=True):
         write_image(out_dir / name, rgb)
 
 
@@ -80,14 +92,10 @@ def learning_curve(run_dir: Path, model: Path, gray_dir: Path, gt_dir: Path, set
     `colordiff colorize` samples (no prompt), loaded into the exported model folder's pipeline."""
     from safetensors.torch import load_file
 
-    from colordiff.colorize_jobs import sample_seed
-    from colordiff.pipelines import load_pipeline
     from colordiff.training.checkpoint import checkpoint_step, list_checkpoints
 
-    pipe = load_pipeline(str(model), local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
     names = sorted(p.name for p in gt_dir.glob("*.png"))
-    images = [read_image(gray_dir / n).rgb for n in names]
+    pipe, sample = held_out_sampler(model, gray_dir, names, settings)
     gts = torch.cat([_uint8(gt_dir / n) for n in names])
     curve = []
     for checkpoint in list_checkpoints(run_dir):
@@ -97,10 +105,7 @@ def learning_curve(run_dir: Path, model: Path, gray_dir: Path, gt_dir: Path, set
         else:
             weights = load_file(checkpoint / "model.safetensors")
         pipe.unet.load_state_dict(weights, strict=True)
-        generators = [torch.Generator().manual_seed(sample_seed(settings.seed, Path(n), 0)) for n in names]
-        output = pipe(images, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-                      generator=generators, resolution=settings.resolution, output_type="np", priors="none")
-        pred = M.as_uint8_batch((np.stack(output.images) * 255).round().astype(np.uint8))
+        pred = M.as_uint8_batch((np.stack(sample(priors="none")) * 255).round().astype(np.uint8))
         counts = hue.hue_sector_counts(pred, gts).sum(0)
         curve.append({"step": checkpoint_step(checkpoint), "hue_accuracy": hue.balanced_hue_accuracy(counts),
                       "psnr": float(M.psnr(pred, gts).mean())})
