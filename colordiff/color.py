@@ -92,14 +92,19 @@ def _rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     return torch.stack([L, a, b], dim=-3)  # (..., 3, H, W)
 
 
-def _lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """Lab -> unclipped sRGB in the dtype of lab (no casting)."""
+def _lab_to_linear(lab: torch.Tensor) -> torch.Tensor:
+    """Lab -> unclipped linear RGB in the dtype of lab (no casting)."""
     L, a, b = lab.unbind(-3)
     fy = (L + 16.0) / 116.0
     # unlike skimage we do not clip negative Z: out-of-gamut colors must stay visibly out of gamut
     fxyz = (fy + a / 500.0, fy, fy - b / 200.0)
     xyz = torch.stack([_f_inv(f) * white for f, white in zip(fxyz, _WHITE, strict=True)], dim=-3)  # (..., 3, H, W)
-    return _linear_to_srgb(_mix(_RGB_FROM_XYZ, xyz))  # (..., 3, H, W)
+    return _mix(_RGB_FROM_XYZ, xyz)  # (..., 3, H, W)
+
+
+def _lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Lab -> unclipped sRGB in the dtype of lab (no casting)."""
+    return _linear_to_srgb(_lab_to_linear(lab))  # (..., 3, H, W)
 
 
 def _gray_from_luminance(L: torch.Tensor) -> torch.Tensor:
@@ -113,6 +118,14 @@ def _in_gamut(rgb: torch.Tensor) -> torch.Tensor:
     """True where all three channels of rgb (..., 3, H, W) lie in [0, 1] up to _GAMUT_TOL; shape (..., 1, H, W)."""
     inside = (rgb >= -_GAMUT_TOL) & (rgb <= 1.0 + _GAMUT_TOL)
     return inside.all(dim=-3, keepdim=True)
+
+
+def _in_gamut_linear(linear: torch.Tensor) -> torch.Tensor:
+    """_in_gamut of _linear_to_srgb(linear), tested before the transfer curve: the curve is increasing, so the
+    bounds move through its inverse and the power is skipped (what the gamut fit's bisection runs per step)."""
+    low = -_GAMUT_TOL / 12.92
+    high = ((1.0 + _GAMUT_TOL + 0.055) / 1.055) ** 2.4
+    return ((linear >= low) & (linear <= high)).all(dim=-3, keepdim=True)
 
 
 # -----------------------------------------------------------------------------
@@ -184,7 +197,7 @@ def fit_chroma_to_gamut(L: torch.Tensor, ab: torch.Tensor, iters: int = 24) -> t
     hi = torch.ones_like(L_s)  # invariant: k = hi is out of gamut
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        ok = _in_gamut(_lab_to_rgb(torch.cat([L_s, mid * ab_s], dim=0)))  # (1, N, 1)
+        ok = _in_gamut_linear(_lab_to_linear(torch.cat([L_s, mid * ab_s], dim=0)))  # (1, N, 1)
         lo = torch.where(ok, mid, lo)
         hi = torch.where(ok, hi, mid)
     k = torch.ones(mask.shape, dtype=dtype, device=ab.device)  # (..., H, W)

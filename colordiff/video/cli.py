@@ -25,7 +25,8 @@ COLORIZE_FLAGS = {
     "keyframe_interval": "keyframes.interval", "flow": "flow.method", "raft_weights": "flow.raft_weights",
     "smooth": "smoothing.enabled", "shot_threshold": "shots.threshold",
 }
-EVAL_FLAGS = {"pred": "pred", "gt": "gt", "json": "json", "flow": "flow", "raft_weights": "raft_weights"}
+EVAL_FLAGS = {"pred": "pred", "gt": "gt", "json": "json", "flow": "flow", "raft_weights": "raft_weights",
+              "fps": "fps"}
 
 
 def add_video_parsers(commands) -> None:
@@ -69,6 +70,7 @@ def add_video_parsers(commands) -> None:
     e.add_argument("--flow", choices=list(FLOW_METHODS), help=f"optical flow {default_text(EvalVideoConfig().flow)}")
     e.add_argument("--raft-weights", dest="raft_weights",
                    help="local safetensors file of torchvision's RAFT, for --flow raft (default: none)")
+    e.add_argument("--fps", type=float, help="frame rate of frames folders (required for them; default: none)")
     e.add_argument("--config", action="append", default=[], help="YAML settings, applied in order (repeatable)")
 
 

@@ -46,6 +46,11 @@ class FlowSettings:
     # forward-backward consistency (Sundaram et al.): |f + b|^2 < alpha (|f|^2 + |b|^2) + beta, soft
     alpha: float = setting(0.01, min=0)
     beta: float = setting(0.5, above=0)
+    # a pixel whose chroma confidence (the consistency above, multiplied along the chain to its keyframe) is at or
+    # below this counts as occluded; the share of such pixels also drives keyframes.min_coverage
+    reliable: float = setting(0.5, min=0, max=1)
+    # occluded pixels take no chroma along the flow: they are filled from the reliable pixels around them
+    occlusion_fill: bool = True
 
 
 @dataclass
@@ -105,4 +110,4 @@ class EvalVideoConfig:
     grid: int = setting(0, min=0)  # longest side the warping error is measured at; 0: native
     alpha: float = setting(0.01, min=0)  # the occlusion test (forward-backward consistency), as FlowSettings
     beta: float = setting(0.5, above=0)
-    frame_rate: float = setting(25.0, above=0)  # frames folders
+    fps: float | None = setting(None, above=0)  # the frame rate of frames folders (required for them)

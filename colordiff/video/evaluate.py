@@ -65,19 +65,28 @@ def warping_errors(frames, flow, side: int, alpha: float, beta: float) -> dict:
             "n_pairs": len(ab_errors), "occluded_fraction": float(np.mean(occluded)) if occluded else 0.0}
 
 
-def _frames(path: Path, frame_rate: float, counter: list):
-    _, frames = open_clip(path, frame_rate)
+def _frames(path: Path, fps: float | None, counter: list):
+    if path.is_dir() and fps is None:
+        raise VideoReadError(path, "a frames folder has no frame rate of its own: give it with fps=N (e.g. fps=24)")
+    _, frames = open_clip(path, fps or 25.0)
     for frame in frames:
         counter[0] += 1
         rgb = frame.rgb
         yield rgb if rgb.dtype == np.uint8 else np.rint(rgb * 255).astype(np.uint8)
 
 
-def reference_metrics(pred: Path, gt: Path, frame_rate: float) -> dict:
-    """Per-frame colorfulness of both, delta_cf and PSNR, frames paired in order (the counts must agree)."""
-    cf_pred, cf_gt, psnrs = [], [], []
+def delta_ab(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Mean Euclidean distance of the Lab chroma, |ab_pred - ab_gt| (Lab units), of two (H, W, 3) uint8 frames."""
+    lab = [rgb_to_lab(torch.from_numpy(x).permute(2, 0, 1).float() / 255) for x in (pred, gt)]  # 2 x (3, H, W)
+    return float((lab[0][1:] - lab[1][1:]).square().sum(0).sqrt().mean())
+
+
+def reference_metrics(pred: Path, gt: Path, fps: float | None) -> dict:
+    """Per-frame colorfulness of both, delta_cf, PSNR and mean |delta ab|, frames paired in order (the counts must
+    agree)."""
+    cf_pred, cf_gt, psnrs, deltas = [], [], [], []
     counts = [0], [0]
-    ours, theirs = _frames(pred, frame_rate, counts[0]), _frames(gt, frame_rate, counts[1])
+    ours, theirs = _frames(pred, fps, counts[0]), _frames(gt, fps, counts[1])
     for index, (p, g) in enumerate(zip(ours, theirs, strict=False)):  # the counts are checked below
         if p.shape != g.shape:
             raise VideoReadError(pred, f"frame {index} is {p.shape[1]} x {p.shape[0]} but the ground truth's is "
@@ -85,6 +94,7 @@ def reference_metrics(pred: Path, gt: Path, frame_rate: float) -> dict:
         cf_pred.append(float(M.colorfulness(p)[0]))
         cf_gt.append(float(M.colorfulness(g)[0]))
         psnrs.append(float(M.psnr(p, g)[0]))
+        deltas.append(delta_ab(p, g))
     for rest in (ours, theirs):
         for _ in rest:
             pass
@@ -92,7 +102,8 @@ def reference_metrics(pred: Path, gt: Path, frame_rate: float) -> dict:
         raise VideoReadError(pred, f"{counts[0][0]} frames but the ground truth {gt} has {counts[1][0]}")
     finite = [v for v in psnrs if math.isfinite(v)]
     return {"colorfulness": float(np.mean(cf_pred)), "colorfulness_gt": float(np.mean(cf_gt)),
-            "delta_cf": M.delta_cf(cf_pred, cf_gt), "psnr": float(np.mean(finite)) if finite else float("inf")}
+            "delta_cf": M.delta_cf(cf_pred, cf_gt), "psnr": float(np.mean(finite)) if finite else float("inf"),
+            "delta_ab": float(np.mean(deltas))}
 
 
 def evaluate_video(config) -> dict:
@@ -101,11 +112,11 @@ def evaluate_video(config) -> dict:
     counter = [0]
     results = {"pred": config.pred, "gt": config.gt}
     with torch.inference_mode():
-        results.update(warping_errors(_frames(Path(config.pred), config.frame_rate, counter), flow, config.grid,
+        results.update(warping_errors(_frames(Path(config.pred), config.fps, counter), flow, config.grid,
                                       config.alpha, config.beta))
         results["n_frames"] = counter[0]
         if config.gt:
-            results.update(reference_metrics(Path(config.pred), Path(config.gt), config.frame_rate))
+            results.update(reference_metrics(Path(config.pred), Path(config.gt), config.fps))
     results["config"] = to_yaml(config)
     return results
 

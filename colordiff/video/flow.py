@@ -97,3 +97,12 @@ def consistency(there: torch.Tensor, back: torch.Tensor, grid: torch.Tensor, alp
     error = (there + returned).square().sum(0, keepdim=True)  # (1, h, w)
     scale = alpha * (there.square().sum(0, keepdim=True) + returned.square().sum(0, keepdim=True)) + beta
     return torch.exp(-error / scale) * inside(target, *there.shape[-2:]), target
+
+
+def occlusion_mask(flow, gray_a: np.ndarray, gray_b: np.ndarray, alpha: float, beta: float,
+                   reliable: float) -> torch.Tensor:
+    """1 where a pixel of frame b (h, w) has no reliable match in frame a (occluded, uncovered or from outside the
+    frame): its forward-backward consistency (`consistency`) is at or below `reliable`; else 0. (1, h, w)."""
+    back, there = flow(gray_b, gray_a), flow(gray_a, gray_b)  # b -> a, a -> b
+    weight, _ = consistency(back, there, identity_grid(*gray_b.shape), alpha, beta)  # (1, h, w)
+    return (weight <= reliable).float()

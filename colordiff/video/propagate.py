@@ -23,7 +23,6 @@ from colordiff.images import luminance_of, merge_into
 from colordiff.video.flow import bilinear_at, consistency, identity_grid
 
 Output = tuple[int, int, np.ndarray]  # (frame index, pts, (H, W, 3) uint8 RGB)
-RELIABLE = 0.5  # a pixel whose propagated confidence is above this counts as covered
 
 
 @dataclass
@@ -95,7 +94,7 @@ class FlowShot:
         self.motion += float(back.square().sum(0).sqrt().mean()) / float(np.hypot(h, w))
         waiting = _Waiting(frame, into, back, step, ab, self.confidence)
         keys = self.config.keyframes
-        coverage = float((self.confidence > RELIABLE).float().mean())
+        coverage = float((self.confidence > self.config.flow.reliable).float().mean())
         if (frame.index - self.key_index >= keys.interval or self.motion > keys.motion
                 or coverage < keys.min_coverage):
             return self._close_segment(waiting)
@@ -104,7 +103,9 @@ class FlowShot:
 
     def finish(self) -> list[Output]:
         """The frames after the last keyframe: forward propagation only (their chroma from that keyframe)."""
-        out = [self._emit(w.frame, w.ab, w) for w in self.waiting]
+        cfg = self.config.flow
+        out = [self._emit(w.frame, fill_from_reliable(w.ab, (w.confidence > cfg.reliable).float())
+                          if cfg.occlusion_fill else w.ab, w) for w in self.waiting]
         self.waiting = []
         return out
 
@@ -132,19 +133,28 @@ class FlowShot:
         for item in reversed(self.waiting):  # backward: x in this frame -> the next frame -> ... -> the new keyframe
             step, seen = consistency(later.into, later.back, grid, cfg.alpha, cfg.beta)
             position, confidence = bilinear_at(position, seen), bilinear_at(confidence, seen) * step
-            backward_ab = bilinear_at(key_ab, position)  # (2, h, w)
-            t = item.frame.index
-            forward_w = item.confidence * (end - t)  # (1, h, w): reliable and near weighs most
-            backward_w = confidence * (t - start)
-            total = forward_w + backward_w
-            nearer = item.ab if t - start <= end - t else backward_ab  # where neither keyframe is reliable
-            ab = torch.where(total > 1e-3 * (end - start), (forward_w * item.ab + backward_w * backward_ab)
-                             / total.clamp_min(1e-12), nearer)  # (2, h, w)
-            blended.append((item, ab))
+            blended.append((item, self._blend(item, bilinear_at(key_ab, position), confidence, start, end)))
             later = item
         out = [self._emit(item.frame, ab, item) for item, ab in reversed(blended)]
         self.waiting = []
         return [*out, self._emit(waiting.frame, key_ab, waiting)]
+
+    def _blend(self, item: _Waiting, backward_ab: torch.Tensor, backward_c: torch.Tensor, start: int,
+               end: int) -> torch.Tensor:
+        """A frame's chroma (2, h, w) from the keyframes around it, weighted by confidence times nearness. With
+        flow.occlusion_fill, a keyframe whose chroma reaches a pixel at or below flow.reliable gives it nothing,
+        and pixels neither keyframe reaches reliably are filled from the reliable pixels around them; without it
+        they take the nearer keyframe's chroma along its (unreliable) flow."""
+        cfg, t = self.config.flow, item.frame.index
+        floor = cfg.reliable if cfg.occlusion_fill else 0.0
+        forward_w = item.confidence * (item.confidence > floor) * (end - t)  # (1, h, w): reliable and near
+        backward_w = backward_c * (backward_c > floor) * (t - start)
+        total = forward_w + backward_w
+        known = total > 1e-3 * (end - start)  # (1, h, w)
+        ab = (forward_w * item.ab + backward_w * backward_ab) / total.clamp_min(1e-12)  # (2, h, w)
+        if cfg.occlusion_fill:
+            return fill_from_reliable(ab, known.float())
+        return torch.where(known, ab, item.ab if t - start <= end - t else backward_ab)
 
     def _emit(self, frame: Analysed, ab: torch.Tensor, waiting: _Waiting | None) -> Output:
         """Stage 4 (optional smoothing towards the previous output along the flow), then the merge under L."""
@@ -155,6 +165,26 @@ class FlowShot:
             ab = ab + smooth.strength * waiting.step * (warped - ab)
         self.last = (frame, ab)
         return frame.index, frame.pts, to_rgb8(frame.L, ab)
+
+
+def fill_from_reliable(ab: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """ab (2, h, w) kept where known (1, h, w) is 1; elsewhere the mean chroma of the nearest known pixels
+    (push-pull: known-weighted means over a pyramid of 2x2 averages, the finest level that has any known pixel
+    wins). This is the fallback for occluded pixels: the flow cannot say where they came from, a model call for
+    them would cost a full keyframe, and a disoccluded region is mostly the surface next to it, whose chroma is
+    reliable; the frame's own L still carries every edge, so smooth chroma there is the safe guess. O(h w)."""
+    if bool(known.all()) or not bool(known.any()):
+        return ab
+    levels = [((ab * known)[None], known[None])]  # [(1, 2, h, w), (1, 1, h, w)]
+    while max(levels[-1][1].shape[-2:]) > 1:
+        num, den = levels[-1]
+        levels.append((F.avg_pool2d(num, 2, ceil_mode=True), F.avg_pool2d(den, 2, ceil_mode=True)))
+    num, den = levels[-1]
+    estimate = num / den.clamp_min(1e-12)  # (1, 2, 1, 1)
+    for num, den in reversed(levels[:-1]):
+        coarse = F.interpolate(estimate, size=num.shape[-2:], mode="bilinear", align_corners=False)
+        estimate = torch.where(den > 1e-6, num / den.clamp_min(1e-12), coarse)  # (1, 2, h_l, w_l)
+    return torch.where(known > 0, ab, estimate[0])
 
 
 class PerFrameShot:
