@@ -95,6 +95,8 @@ def _evaluate_parser(commands) -> None:
     p.add_argument("--on-size-mismatch", dest="on_size_mismatch", choices=["error", "resize"],
                    help=f"a prediction whose size differs from its ground truth's {default_text(d.on_size_mismatch)}")
     p.add_argument("--batch-size", dest="batch_size", type=int, help=f"pairs per batch {default_text(d.batch_size)}")
+    p.add_argument("--samples", type=int, help="score the per-pixel mean of N samples per image: PRED holds x_0 ... "
+                   f"x_{{N-1}} (colorize --num-samples N), a/b averaged, L kept {default_text(d.samples)}")
     p.add_argument("--device", help=f"where FID and LPIPS run; auto = CUDA when available {default_text(d.device)}")
 
 
@@ -119,7 +121,7 @@ FLAG_KEYS = [name for name in ColorizeConfig.__dataclass_fields__ if name != "in
 EVAL_FLAGS = {"pred": "pred", "gt": "gt", "json": "json", "csv": "csv", "fid_weights": "fid_weights",
               "fid_variant": "fid_variant", "device": "device", "batch_size": "batch_size", "size": "protocol.size",
               "crop": "protocol.crop", "resample": "protocol.resample", "crop_border": "protocol.crop_border",
-              "on_size_mismatch": "on_size_mismatch"}
+              "on_size_mismatch": "on_size_mismatch", "samples": "samples"}
 
 
 def colorize_config(args: argparse.Namespace) -> ColorizeConfig:

@@ -63,6 +63,9 @@ class EvalConfig(MetricSettings):
     pred: str = "???"  # folder of predictions (required)
     gt: str = "???"  # folder of ground truths (required)
     protocol: Protocol = field(default_factory=Protocol)
+    # N > 1: pred holds N samples per image (x_0 ... x_{N-1}, `colorize --num-samples N`); their per-pixel mean
+    # (Lab a/b averaged, L kept) is scored
+    samples: int = setting(1, min=1)
     json: str | None = None  # results file (also printed to stdout)
     csv: str | None = None  # per-image metrics
 
@@ -264,7 +267,7 @@ def summarise(rows: list[dict], names: list[str], scorer: _Scorer, config: Metri
 def run_evaluation(config: EvalConfig) -> tuple[dict, list[dict]]:
     """Pair the folders, score them, attach the resolved config: (results, per-image rows). Launched on several
     processes, call it on every one: each scores its share and all return the same (results, rows) of every pair."""
-    pairs = pair_folders(config.pred, config.gt)
+    pairs = pair_folders(config.pred, config.gt, samples=config.samples)
     results, rows = evaluate_pairs(pairs, config)
     results["config"] = OmegaConf.to_container(OmegaConf.structured(config))
     return results, rows

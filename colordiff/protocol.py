@@ -2,7 +2,8 @@
 evaluation size before any metric.
 
 Pairing: files pair by relative path without the extension (gt/sub/x.JPEG <-> pred/sub/x.png); unequal or ambiguous
-sets are a UsageError naming them. Protocol (default 256 px, center crop): `center` scales the shorter side to `size`
+sets are a UsageError naming them. With N samples per image (x_0 ... x_{N-1}), their per-pixel mean is scored: a/b
+averaged, L kept (mean_of_samples). Protocol (default 256 px, center crop): `center` scales the shorter side to `size`
 and cuts the central square (torchvision's Resize + CenterCrop arithmetic), `stretch` resizes to size x size ignoring
 the aspect ratio (DDColor's data loader). An image that already has that size is used untouched; `size: 0` evaluates
 at the native size. Metrics are computed on 8-bit RGB (alpha is ignored).
@@ -114,8 +115,13 @@ def image_index(root: Path) -> dict[str, Path]:
     return index
 
 
-def pair_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
-    """[(key, pred file, gt file)] paired by relative path, extension-insensitive; mismatches are a UsageError."""
+def pair_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, samples: int = 1
+                 ) -> list[tuple[str, Path | tuple[Path, ...], Path]]:
+    """[(key, pred file, gt file)] paired by relative path, extension-insensitive; mismatches are a UsageError.
+
+    samples N > 1: each ground truth x pairs with the N predictions x_0 ... x_{N-1} (`colordiff colorize
+    --num-samples N`'s names) as a tuple of files, scored as their mean (mean_of_samples); further sample indices
+    (x_N, ...) are left unused."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for name, folder in (("pred", pred_dir), ("gt", gt_dir)):
         if not folder.is_dir():
@@ -123,29 +129,55 @@ def pair_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list
     preds, gts = image_index(pred_dir), image_index(gt_dir)
     if not gts:
         raise UsageError(f"{gt_dir}: no image files")
-    no_pred = [str(gts[k]) for k in gts if k not in preds]
-    no_gt = [str(preds[k]) for k in preds if k not in gts]
+    wanted = {k: [f"{k}_{i}" for i in range(samples)] if samples > 1 else [k] for k in gts}
+    used = {s for names in wanted.values() for s in names}
+    spare = lambda k: samples > 1 and k.rpartition("_")[0] in gts and k.rpartition("_")[2].isdigit()  # noqa: E731
+    no_pred = [str(gts[k]) for k, names in wanted.items() if any(n not in preds for n in names)]
+    no_gt = [str(preds[k]) for k in preds if k not in used and not spare(k)]
     if no_pred or no_gt:
-        parts = [f"{len(preds)} predictions vs {len(gts)} ground truths"]
+        what = "predictions" if samples == 1 else f"predictions (as {samples} samples each: x_0 ... x_{samples - 1})"
+        parts = [f"{len(preds)} {what} vs {len(gts)} ground truths"]
         if no_pred:
             parts.append(f"{len(no_pred)} ground truths have no prediction ({examples(no_pred)})")
         if no_gt:
             parts.append(f"{len(no_gt)} predictions have no ground truth ({examples(no_gt)})")
         raise UsageError("pred and gt do not pair up: " + "; ".join(parts))
+    if samples > 1:
+        return [(k, tuple(preds[n] for n in wanted[k]), gts[k]) for k in gts]
     return [(k, preds[k], gts[k]) for k in gts]
+
+
+def mean_of_samples(samples: list[np.ndarray]) -> np.ndarray:
+    """The per-pixel mean of N colorizations of one image: their Lab a/b averaged, the first one's L kept (every
+    sample keeps the input's L), back to 8-bit sRGB (chroma reduced at constant L and hue where the mean leaves the
+    gamut). samples: uint8 (H, W, 3) arrays of one size -> uint8 (H, W, 3)."""
+    import torch
+
+    from colordiff.color import merge_luminance, split_luminance
+
+    rgb = torch.from_numpy(np.stack(samples)).permute(0, 3, 1, 2).double() / 255  # (N, 3, H, W)
+    L, ab = split_luminance(rgb)
+    mean = merge_luminance(L[:1], ab.mean(0, keepdim=True))[0]  # (3, H, W)
+    return np.rint(mean.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
 
 def examples(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f", ... and {len(items) - n} more" if len(items) > n else "")
 
 
-def load_pair(pred: Path, gt: Path, protocol: Protocol, on_size_mismatch: str = "error"
+def load_pair(pred: Path | tuple[Path, ...], gt: Path, protocol: Protocol, on_size_mismatch: str = "error"
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Read a pair and apply the protocol; raises ImageReadError (naming the file) for unusable input."""
-    p, g = read_uint8(pred), read_uint8(gt)
-    if p.shape != g.shape:
-        if on_size_mismatch != "resize":
-            raise ImageReadError(pred, f"{p.shape[1]} x {p.shape[0]} but its ground truth {gt} is {g.shape[1]} x "
-                                       f"{g.shape[0]} (on_size_mismatch=resize resizes predictions)")
-        p = resize(p, g.shape[1], g.shape[0], protocol.resample)
+    """Read a pair and apply the protocol; raises ImageReadError (naming the file) for unusable input. A tuple of
+    predictions (N samples of one image) is read as their mean (mean_of_samples), at the ground truth's size."""
+    g = read_uint8(gt)
+    preds = []
+    for path in (pred if isinstance(pred, tuple) else (pred,)):
+        p = read_uint8(path)
+        if p.shape != g.shape:
+            if on_size_mismatch != "resize":
+                raise ImageReadError(path, f"{p.shape[1]} x {p.shape[0]} but its ground truth {gt} is {g.shape[1]} x "
+                                           f"{g.shape[0]} (on_size_mismatch=resize resizes predictions)")
+            p = resize(p, g.shape[1], g.shape[0], protocol.resample)
+        preds.append(p)
+    p = mean_of_samples(preds) if len(preds) > 1 else preds[0]
     return apply_protocol(p, protocol), apply_protocol(g, protocol)

@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 SMOKE = """
 heldout: [photo0, photo5]
+heldout_every: 0
+mean_samples: 2
+test_captions: ""
 image_size: 32
 base_overrides: ["vae_channels=[32,32]", vae_steps=4, vae_batch_size=4, vae_crop=16, "unet_channels=[32,32]",
                  unet_pretrain_steps=2, unet_crop=16, unet_batch_size=2]
@@ -29,11 +32,11 @@ colorize_overrides: [steps=2, resolution=32]
 """
 
 
-def make_photos(folder: Path) -> None:
-    """Eight smooth color images (landscape and portrait) and one gray one, which the miniature must leave out."""
-    rng = np.random.default_rng(0)
+def make_photos(folder: Path, count: int = 8, seed: int = 0) -> None:
+    """`count` smooth color images (landscape and portrait) and one gray one, which the miniature must leave out."""
+    rng = np.random.default_rng(seed)
     folder.mkdir()
-    for i in range(8):
+    for i in range(count):
         h, w = (40, 56) if i % 2 else (56, 40)
         yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
         base = rng.uniform(0.2, 0.8, 3)
@@ -45,15 +48,16 @@ def make_photos(folder: Path) -> None:
 
 @pytest.mark.slow
 def test_miniature_smoke_run_table_equals_evaluations_and_resumes(tmp_path):
-    photos, work = tmp_path / "photos", tmp_path / "mini"
+    photos, work, test = tmp_path / "photos", tmp_path / "mini", tmp_path / "test"
     make_photos(photos)
+    make_photos(test, count=2, seed=1)  # the second test set: two color photos (and a gray one, screened out)
     captions = tmp_path / "captions.jsonl"
     captions.write_text("".join(json.dumps({"path": f"photo{i}.png", "caption_gray": f"a photo {i}",
                                             "caption_color": f"a colorful photo {i}"}) + "\n" for i in range(8)))
     (tmp_path / "smoke.yaml").write_text(SMOKE)
     command = [sys.executable, str(REPO / "scripts" / "miniature.py"), "--config", str(REPO / "configs/mini/lab.yaml"),
                "--config", str(tmp_path / "smoke.yaml"), f"data_dir={photos}", f"work_dir={work}",
-               f"captions={captions}"]
+               f"captions={captions}", f"test_dir={test}"]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
 
@@ -69,6 +73,15 @@ def test_miniature_smoke_run_table_equals_evaluations_and_resumes(tmp_path):
                                                         "delta_ab", "hue_accuracy"))
         assert f"| {ROWS[row][1]} | {cells} |" in table
     assert summary["rows"]["gray"]["colorfulness"] == 0.0
+    for name, result in [("heldout", summary), *summary["test_sets"].items()]:  # every model: mean of 2 samples
+        evaluated = work / "eval" if name == "heldout" else work / name / "eval"
+        for row in ("untrained", "unet_only", "unet_decoder", "seada_ii", "seada_i_ii", "seada_i_ii_iii"):
+            mean = json.loads((evaluated / f"{row}_mean.json").read_text())
+            assert mean["config"]["samples"] == 2 and result["rows"][row]["mean_of_samples"]["psnr"] == mean["psnr"]
+        assert set(result["gates"]) == set(result["rows"]) and result["gates"]["gray"]["conditional colors"] is False
+    assert sorted(summary["test_sets"]["test"]["photos"]) == ["photo0.png", "photo1.png"]
+    assert "unet_decoder_prompt" not in summary["test_sets"]["test"]["rows"]  # no captions for that set
+    assert "**Second test set `test`**" in table and (work / "test" / "grid.png").is_file()
     assert sorted(summary["heldout"]) == ["photo0.png", "photo5.png"]
     assert sorted(p.name for p in (work / "photos" / "train").glob("*.png")) == \
         [f"photo{i}.png" for i in (1, 2, 3, 4, 6, 7)]  # held-out and gray photos never trained on

@@ -22,7 +22,8 @@ import torch
 
 from colordiff.config import ConfigError, dotlist_value
 from colordiff.io import atomic_write, write_image
-from colordiff.mini.photos import list_photos, load_photo
+from colordiff.mini.captions import write_folder_captions
+from colordiff.mini.photos import list_photos, load_photo, photo_names
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,10 +33,20 @@ class LabConfig:
     """Settings of scripts/miniature.py (configs/mini/lab.yaml)."""
 
     data_dir: str = "???"  # a folder of color photos (recursive; black-and-white ones are left out)
-    heldout: list[str] = field(default_factory=list)  # file stems held out of every training phase
+    heldout: list[str] = field(default_factory=list)  # photo names (file stems) held out of every training phase
+    # k > 0: also hold out every k-th color photo of each source folder, by sorted path (photos.heldout_by_rule)
+    heldout_every: int = 0
     work_dir: str = "outputs/mini"
     image_size: int = 128  # the shorter side every photo is resized to (training and held-out alike)
-    captions: str = "configs/mini/captions.jsonl"  # Des_g / Des_c per photo ("<stem>.png" keys)
+    # Des_g / Des_c per photo ("<name>.png" keys); "folder": written from data_dir's own labels (mini/captions.py)
+    captions: str = "configs/mini/captions.jsonl"
+    # a second test set, never trained on: every color photo of this folder (black-and-white ones screened out),
+    # scored like the held-out photos; test_captions: their Des_g for the caption-prompt row ("" leaves it out)
+    test_dir: str = ""
+    test_captions: str = ""
+    # N > 1: every model draws N samples per test photo; the per-pixel mean of the N (a/b averaged, L kept) is scored
+    # for the conditional-colors gate, sample 0 is the single-sample row
+    mean_samples: int = 0
     base_config: list[str] = field(default_factory=lambda: ["configs/mini/base.yaml"])
     base_overrides: list[str] = field(default_factory=list)
     unet_recipe: list[str] = field(default_factory=lambda: ["configs/colordiff/unet.yaml", "configs/mini/unet.yaml"])
@@ -116,8 +127,9 @@ class MiniatureRun:
 
     # -- data -------------------------------------------------------------------------------------------------------
     def captions_file(self) -> Path:
-        """The Des_g / Des_c captions of every training and held-out image."""
-        return self.work / "photos" / "captions.jsonl" if self.config.world_scenes else REPO / self.config.captions
+        """The Des_g / Des_c captions of every training and held-out image (generated ones in photos/)."""
+        generated = self.config.world_scenes or self.config.captions == "folder"
+        return self.work / "photos" / "captions.jsonl" if generated else REPO / self.config.captions
 
     def prepare_world(self) -> None:
         """Generated scenes (colordiff/mini/world.py's prepare_world): training ones, held-out ones from another seed
@@ -131,24 +143,31 @@ class MiniatureRun:
             tmp.write_text(json.dumps({"train": [r["path"] for r in train], "heldout": [r["path"] for r in held]}))
 
     def prepare_photos(self) -> None:
-        """Training photos (color only) and held-out ground truths + gray inputs, at the miniature's size, as PNG."""
-        train, held = list_photos(self.config.data_dir, self.config.heldout)
-        from colordiff.color import rgb_to_gray
-
-        for folder, files in (("train", train), ("gt", held)):
-            for path in files:
-                rgb = load_photo(path, self.config.image_size)  # (3, h, w)
-                write_image(self.work / "photos" / folder / f"{path.stem}.png", rgb.permute(1, 2, 0).numpy())
-                if folder == "gt":
-                    gray = rgb_to_gray(rgb).permute(1, 2, 0).numpy()
-                    write_image(self.work / "photos" / "gray" / f"{path.stem}.png", gray)
+        """Training photos (color only) and held-out ground truths + gray inputs, at the miniature's size, as PNG
+        named by photo_names; the folder captions when captions is "folder"."""
+        c = self.config
+        train, held = list_photos(c.data_dir, c.heldout, heldout_every=c.heldout_every)
+        names = photo_names(c.data_dir, sorted(train + held))
+        write_photos(self.work / "photos", train, held, names, c.image_size)
+        if c.captions == "folder":
+            write_folder_captions(c.data_dir, self.captions_file())
         with atomic_write(self.work / "photos" / "done.json") as tmp:
-            tmp.write_text(json.dumps({"train": [p.name for p in train], "heldout": [p.name for p in held]}))
+            tmp.write_text(json.dumps({"train": [names[p] for p in train], "heldout": [names[p] for p in held]}))
+
+    def prepare_test_set(self) -> None:
+        """The second test set: every color photo of test_dir as ground truth (test/gt) and gray input (test/gray)."""
+        photos, _ = list_photos(self.config.test_dir, [])
+        names = photo_names(self.config.test_dir, photos)
+        write_photos(self.work / "test", [], photos, names, self.config.image_size)
+        with atomic_write(self.work / "test" / "done.json") as tmp:
+            tmp.write_text(json.dumps({"test": [names[p] for p in photos]}))
 
     # -- the phases -------------------------------------------------------------------------------------------------
     def run(self) -> dict:
         c, w = self.config, self.work
         self.phase("photos", w / "photos" / "done.json", self.prepare_world if c.world_scenes else self.prepare_photos)
+        if c.test_dir:
+            self.phase("test photos", w / "test" / "done.json", self.prepare_test_set)
         base_keys = [f"data_dir={dotlist_value(str(w / 'photos' / 'train'))}", "heldout=[]",
                      f"output_dir={dotlist_value(str(w / 'base'))}", f"image_size={c.image_size}",
                      f"captions={dotlist_value(str(self.captions_file()))}",
@@ -204,9 +223,34 @@ class MiniatureRun:
                 "seada_i_ii_iii": w / "seada_stage3" / "model"}
 
 
-def main(config: LabConfig) -> Path:
+def write_photos(folder: Path, train: list[Path], held: list[Path], names: dict[Path, str], size: int) -> None:
+    """folder/train/<name>.png for the training photos; folder/gt/<name>.png and its gray input folder/gray/<name>.png
+    for the held-out ones; every photo at shorter side `size`."""
+    from colordiff.color import rgb_to_gray
+
+    for kind, files in (("train", train), ("gt", held)):
+        for path in files:
+            rgb = load_photo(path, size)  # (3, h, w)
+            write_image(folder / kind / f"{names[path]}.png", rgb.permute(1, 2, 0).numpy())
+            if kind == "gt":
+                write_image(folder / "gray" / f"{names[path]}.png", rgb_to_gray(rgb).permute(1, 2, 0).numpy())
+
+
+def check_config(config: LabConfig) -> None:
+    """Usage errors up front: no data, or a second test set that overlaps the training data."""
     if config.data_dir in ("", "???") and not config.world_scenes:
         raise ConfigError("data_dir is required (a folder of color photos), or world_scenes > 0")
+    if config.test_dir and not config.world_scenes:
+        data, test = Path(config.data_dir).resolve(), Path(config.test_dir).resolve()
+        if data == test or data in test.parents or test in data.parents:
+            raise ConfigError(f"test_dir {config.test_dir} overlaps data_dir {config.data_dir}: the second test set "
+                              "must be photos never trained on (set test_dir='' to leave it out)")
+    if config.mean_samples < 0 or config.heldout_every < 0:
+        raise ConfigError("mean_samples and heldout_every must be 0 or more")
+
+
+def main(config: LabConfig) -> Path:
+    check_config(config)
     torch.set_num_threads(config.threads or torch.get_num_threads())
     lab = MiniatureRun(config)
     lab.run()

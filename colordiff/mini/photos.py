@@ -10,21 +10,64 @@ import torch.nn.functional as F
 from colordiff.io import is_image_path, read_image
 
 
-def list_photos(data_dir: str | Path, heldout: list[str]) -> tuple[list[Path], list[Path]]:
-    """(training files, held-out files) under data_dir, sorted; a held-out entry names a file by its stem. Every
-    held-out name must exist (a typo would silently train on the photo meant to be held out). Training files are
-    color photos only (color_photos): black-and-white photos in the folder are left out."""
+def list_photos(data_dir: str | Path, heldout: list[str], *, heldout_every: int = 0
+                ) -> tuple[list[Path], list[Path]]:
+    """(training files, held-out files) under data_dir, sorted. Training files are color photos only
+    (color_photos): black-and-white photos in the folder are left out.
+
+    A held-out entry names a file by its photo name (photo_names: the stem, unless two files share it); every one
+    must exist (a typo would silently train on the photo meant to be held out). heldout_every k > 0 holds out, in
+    addition, every k-th color photo of each source (heldout_by_rule)."""
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: photo folder not found")
     files = sorted(f for f in root.rglob("*") if f.is_file() and is_image_path(f)
                    and not any(p.startswith(".") for p in f.relative_to(root).parts))
-    stems = {f.stem for f in files}
-    missing = [name for name in heldout if name not in stems]
+    names = photo_names(root, files)
+    missing = [name for name in heldout if name not in set(names.values())]
     if missing:
         raise FileNotFoundError(f"{root}: held-out photos not found: {', '.join(missing)}")
     keep = set(heldout)
-    return color_photos([f for f in files if f.stem not in keep]), [f for f in files if f.stem in keep]
+    held = [f for f in files if names[f] in keep]
+    train = color_photos([f for f in files if names[f] not in keep])
+    if heldout_every:
+        ruled = set(heldout_by_rule(root, train, every=heldout_every))
+        held, train = sorted(set(held) | ruled), [f for f in train if f not in ruled]
+    return train, held
+
+
+def photo_names(root: str | Path, files: list[Path]) -> dict[Path, str]:
+    """{file: its name in the miniature}: the file's stem, or, where several files under root share that stem
+    (scenes/forest/2092.jpg and bsds500/train/2092.jpg), its path relative to root without the suffix, the folders
+    joined by "_" (scenes_forest_2092). The photos, captions and held-out lists all use these names."""
+    root = Path(root)
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[f.stem] = counts.get(f.stem, 0) + 1
+    return {f: f.stem if counts[f.stem] == 1 else "_".join(f.relative_to(root).with_suffix("").parts)
+            for f in files}
+
+
+def source_of(root: str | Path, path: Path) -> str:
+    """The source a photo comes from: the first folder under root ("." for a file directly in root)."""
+    parts = path.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else "."
+
+
+def heldout_by_rule(root: str | Path, files: list[Path], *, every: int) -> list[Path]:
+    """The held-out rule: within each source (source_of), the files sorted by their path relative to root, then
+    the every-th, 2·every-th, ... of them (never hand-picked; the same list on every machine). About
+    len(files) / every photos, each source in proportion to its size."""
+    if every < 1:
+        raise ValueError(f"heldout_every must be at least 1, got {every}")
+    root, by_source = Path(root), {}
+    for f in files:
+        by_source.setdefault(source_of(root, f), []).append(f)
+    picked = []
+    for source in sorted(by_source):
+        ordered = sorted(by_source[source], key=lambda f: f.relative_to(root).as_posix())
+        picked += ordered[every - 1 :: every]
+    return sorted(picked)
 
 
 def resize_shorter(rgb: torch.Tensor, size: int) -> torch.Tensor:
