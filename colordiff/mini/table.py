@@ -101,13 +101,14 @@ def render_rows(rows: dict, gates: dict, samples: int) -> list[str]:
     """The Markdown table of one test set: a section per paper, single-sample scores, the mean of N samples' PSNR
     and mean ‖Δab‖, and the two gate verdicts."""
     lines, section = [], None
+    n = samples if samples > 1 else "N"  # mean_samples 0 or 1: the mean-of-N columns stay empty
     for row, (sec, label) in ROWS.items():
         if row not in rows:
             continue
         if sec != section:
             section = sec
             lines += ["", f"**{sec}**", "", "| method | CF | ΔCF | ΔCF per image | PSNR | mean ‖Δab‖ | hue acc. | "
-                      f"PSNR, mean of {samples} | mean ‖Δab‖, mean of {samples} | conditional colors | right hues |",
+                      f"PSNR, mean of {n} | mean ‖Δab‖, mean of {n} | conditional colors | right hues |",
                       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
         r, mean = rows[row], mean_scores(rows, row) or {}
         lines.append(f"| {label} | {cell(r['colorfulness'])} | {cell(r['delta_cf'])} | "

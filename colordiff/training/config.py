@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
+
 from colordiff.config import describe_rules, follows_rules, setting
 
 # the ranges of the keys the task configs add, by key
@@ -40,6 +42,12 @@ class NoiseScheduleConfig:
 
     zero_terminal_snr: bool = False
     prediction_type: str = setting("epsilon", choices=PREDICTION_TYPES)
+    # which timesteps training draws (the timestep bias of diffusers' SDXL training example): "later" draws each of
+    # the last timestep_bias_portion of the schedule (the noisiest, where a colorizer decides its colors)
+    # timestep_bias_multiplier times as often as the others, "earlier" the first portion; "none": uniform (the papers)
+    timestep_bias_strategy: str = setting("none", choices=("none", "earlier", "later"))
+    timestep_bias_multiplier: float = setting(1.0, above=0)
+    timestep_bias_portion: float = setting(0.25, above=0, max=1)
 
 
 def schedule_settings(config: NoiseScheduleConfig) -> dict:
@@ -48,6 +56,26 @@ def schedule_settings(config: NoiseScheduleConfig) -> dict:
     if config.zero_terminal_snr:
         settings["timestep_spacing"] = "trailing"  # the first sampling step is t = T - 1, where training saw SNR 0
     return settings
+
+
+def timestep_weights(config: NoiseScheduleConfig, num_train_timesteps: int) -> torch.Tensor | None:
+    """Each training timestep's probability (num_train_timesteps,) under the configured bias; None when uniform."""
+    if config.timestep_bias_strategy == "none" or config.timestep_bias_multiplier == 1.0:
+        return None
+    weights = torch.ones(num_train_timesteps)
+    biased = max(1, round(config.timestep_bias_portion * num_train_timesteps))
+    span = slice(num_train_timesteps - biased, None) if config.timestep_bias_strategy == "later" else slice(0, biased)
+    weights[span] *= config.timestep_bias_multiplier
+    return weights / weights.sum()
+
+
+def sample_timesteps(config: NoiseScheduleConfig, num_train_timesteps: int, batch_size: int,
+                     device: torch.device | str) -> torch.Tensor:
+    """(batch_size,) training timesteps: uniform (torch.randint, the papers' sampling), or drawn by timestep_weights."""
+    weights = timestep_weights(config, num_train_timesteps)
+    if weights is None:
+        return torch.randint(0, num_train_timesteps, (batch_size,), device=device)
+    return torch.multinomial(weights, batch_size, replacement=True).to(device)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from colordiff.training.common import (
     training_card,
     validation_grid,
 )
-from colordiff.training.config import NoiseScheduleConfig, TrainConfig
+from colordiff.training.config import NoiseScheduleConfig, TrainConfig, sample_timesteps
 from colordiff.training.loop import make_accelerator, train
 from colordiff.training.lora import LoraSettings, add_lora, fused, save_lora_file
 from colordiff.training.losses import diffusion_target
@@ -227,7 +227,7 @@ class SeAdaTask:
         key = "pixel_values" if self.plan["control_image"] == "color" else "gray_values"
         control_image = (batch[key].to(device) + 1.0) / 2.0  # (B, 3, H, W) in [0, 1]: what the mapper sees
         noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch_size,), device=device)
+        timesteps = sample_timesteps(self.config, self.noise_scheduler.config.num_train_timesteps, batch_size, device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)  # z_t
         dtype = self.weight_dtype if not self.plan["control"] else next(control.parameters()).dtype
         prediction = control(pipe.unet, noisy.to(dtype), timesteps, text_embeds.to(dtype), control_image.to(dtype),

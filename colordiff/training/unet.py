@@ -24,7 +24,7 @@ from colordiff.training.common import (
     training_card,
     validation_grid,
 )
-from colordiff.training.config import NoiseScheduleConfig, TrainConfig
+from colordiff.training.config import NoiseScheduleConfig, TrainConfig, sample_timesteps
 from colordiff.training.loop import make_accelerator, train
 from colordiff.training.lora import LoraSettings, add_lora, fused, save_lora_file
 from colordiff.training.losses import diffusion_loss
@@ -93,7 +93,7 @@ class UNetTask:
             prompts = ["" if d else text for d, text in zip(drop.tolist(), batch["text"], strict=True)]
             text_embeds = self.pipe.encode_prompt(prompts).float()  # (B, L, d)
         noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)  # by shape, not layout
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch_size,), device=device)
+        timesteps = sample_timesteps(self.config, self.noise_scheduler.config.num_train_timesteps, batch_size, device)
         return diffusion_loss(modules["unet"], self.noise_scheduler, latents, condition, text_embeds, noise, timesteps)
 
     def validate(self, modules: dict[str, nn.Module], config: TrainConfig):
