@@ -242,7 +242,7 @@ def test_every_shipped_config_still_loads():
         relative = path.relative_to(REPO / "configs").as_posix()
         if relative.startswith(("benchmark/", "eval/published/")) or relative == "semantics/captions_seada.yaml":
             continue  # other schemas (scripts/benchmark.py and caption.py, the published tables)
-        if relative in ("mini/lab.yaml", "mini/world.yaml"):
+        if relative in ("mini/lab.yaml", "mini/lab_photos.yaml", "mini/world.yaml"):
             load_config(LabConfig, [path], ["data_dir=d"])
         elif relative in ("mini/base.yaml", "mini/world_base.yaml"):
             load_config(MiniBaseConfig, [path], ["data_dir=d"])
