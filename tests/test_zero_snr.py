@@ -102,7 +102,7 @@ def test_seada_loss_target_is_v():
     base = tiny_scheduler()
     scheduler = Recording.from_config(base.config, rescale_betas_zero_snr=True, prediction_type="v_prediction")
     task = SimpleNamespace(  # the attributes SeAdaTask.loss reads (as colordiff/training/seada_bench.py)
-        config=SimpleNamespace(conditioning_dropout=0.0, reconstruction_target="e_g"),
+        config=SimpleNamespace(conditioning_dropout=0.0, reconstruction_target="e_g", timestep_bias_strategy="none"),
         accelerator=SimpleNamespace(device=torch.device("cpu")), pipe=pipe, plan=stage_plan(2),
         noise_scheduler=scheduler, lambda_r=0.0, lambda_s=1.0, weight_dtype=torch.float32)
     color = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1

@@ -59,16 +59,13 @@ def schedule_settings(config: NoiseScheduleConfig) -> dict:
 
 
 def timestep_weights(config: NoiseScheduleConfig, num_train_timesteps: int) -> torch.Tensor | None:
-    """Each training timestep's probability (num_train_timesteps,) under the configured bias; None when uniform.
-    A settings object without the bias keys (a benchmark's stand-in for a task config) draws uniformly."""
-    strategy = getattr(config, "timestep_bias_strategy", "none")
-    multiplier = getattr(config, "timestep_bias_multiplier", 1.0)
-    if strategy == "none" or multiplier == 1.0:
+    """Each training timestep's probability (num_train_timesteps,) under the configured bias; None when uniform."""
+    if config.timestep_bias_strategy == "none" or config.timestep_bias_multiplier == 1.0:
         return None
     weights = torch.ones(num_train_timesteps)
     biased = max(1, round(config.timestep_bias_portion * num_train_timesteps))
-    span = slice(num_train_timesteps - biased, None) if strategy == "later" else slice(0, biased)
-    weights[span] *= multiplier
+    span = slice(num_train_timesteps - biased, None) if config.timestep_bias_strategy == "later" else slice(0, biased)
+    weights[span] *= config.timestep_bias_multiplier
     return weights / weights.sum()
 
 
