@@ -12,16 +12,20 @@ out of reach of the sampler, whatever the U-Net learns: it gives a uniform color
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from colordiff.color import rgb_to_gray, rgb_to_lab
 from colordiff.io import atomic_folder, atomic_write
@@ -40,6 +44,7 @@ class MiniBaseConfig:
     seed: int = 0
     image_size: int = 128  # every photo is first resized to this shorter side: the miniature's full resolution
     threads: int = 0  # torch CPU threads (0: torch's default)
+    checkpoint_steps: int = 250  # the VAE and the U-Net pretraining save their state this often (0: never)
     # VAE: AutoencoderKL with len(vae_channels) blocks (downsampling 2^(blocks - 1))
     vae_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
     vae_layers_per_block: int = 1
@@ -104,16 +109,24 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, config: MiniBaseConfig) -> tup
     return loss, {"mse": float(mse.detach()), "chroma": float(chroma.detach())}
 
 
-def train_vae(photos: list[torch.Tensor], config: MiniBaseConfig, log) -> AutoencoderKL:
+def cosine_with_warmup(step: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up over the first 5 % of the steps, then a cosine to zero."""
+    warmup = max(1, total // 20)
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+
+
+def train_vae(photos: list[torch.Tensor], config: MiniBaseConfig, log, progress: Path | None = None) -> AutoencoderKL:
+    """Train the VAE; with a progress file, its state is saved every checkpoint_steps and a stopped run resumes
+    there exactly (same weights as an uninterrupted run)."""
     torch.manual_seed(config.seed)
     vae = build_vae(config).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate, weight_decay=0.0)
-    warmup = max(1, config.vae_steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / config.vae_steps))))
     generator = torch.Generator().manual_seed(config.seed)
+    first = load_progress(progress, vae, optimizer, generator, config, log)
     start = time.time()
-    for step in range(config.vae_steps):
+    for step in range(first, config.vae_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = config.vae_learning_rate * cosine_with_warmup(step, config.vae_steps)
         x = random_crops(photos, config.vae_batch_size, config.vae_crop, config.resize_range, generator)
         gray = torch.rand(len(x), generator=generator) < config.vae_gray_fraction
         x = torch.where(gray[:, None, None, None], rgb_to_gray(x), x)
@@ -123,11 +136,60 @@ def train_vae(photos: list[torch.Tensor], config: MiniBaseConfig, log) -> Autoen
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
-        schedule.step()
         if step % 100 == 0 or step == config.vae_steps - 1:
             log(f"vae step {step}/{config.vae_steps} loss {loss.item():.4f} mse {parts['mse']:.5f} "
                 f"chroma {parts['chroma']:.4f} ({time.time() - start:.0f} s)")
+        if _due(step + 1, config.vae_steps, config.checkpoint_steps):
+            save_progress(progress, step + 1, vae, optimizer, generator, config)
     return vae.eval()
+
+
+def _due(done: int, total: int, every: int) -> bool:
+    return done == total or (every > 0 and done % every == 0)
+
+
+def fingerprint(config: MiniBaseConfig) -> str:
+    """What a saved state must have been trained with to be resumed: every setting but where it goes and threads."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "threads", "checkpoint_steps")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_progress(path: Path | None, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  generator: torch.Generator, config: MiniBaseConfig) -> None:
+    """One training phase's whole state in one safetensors file (weights, Adam moments, both random streams),
+    written atomically."""
+    if path is None:
+        return
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        tensors.update({f"optim.{index}.{k}": torch.as_tensor(v).contiguous() for k, v in state.items()})
+    tensors.update({"rng.generator": generator.get_state(), "rng.torch": torch.get_rng_state()})
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"step": str(step), "fingerprint": fingerprint(config)})
+
+
+def load_progress(path: Path | None, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  generator: torch.Generator, config: MiniBaseConfig, log) -> int:
+    """Restore a phase saved by save_progress; returns the number of steps done (0 without a saved state)."""
+    if path is None or not path.is_file():
+        return 0
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata() or {}
+    if metadata.get("fingerprint") != fingerprint(config):
+        raise ValueError(f"{path}: saved with other settings than these; delete {path.parent} to start over")
+    tensors = load_file(str(path))
+    module.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    generator.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    step = int(metadata["step"])
+    log(f"base: resuming {path.name} at step {step}")
+    return step
 
 
 @torch.no_grad()
@@ -192,8 +254,9 @@ def photo_texts(files: list[Path], config: MiniBaseConfig) -> list[str]:
 
 
 def pretrain_unet(pipe: StableDiffusionPipeline, photos: list[torch.Tensor], texts: list[str],
-                  config: MiniBaseConfig, log) -> None:
-    """Train pipe.unet as a text-to-image latent diffusion model (SD's eps loss and schedule) on the photos."""
+                  config: MiniBaseConfig, log, progress: Path | None = None) -> None:
+    """Train pipe.unet as a text-to-image latent diffusion model (SD's eps loss and schedule) on the photos; with a
+    progress file, resumable exactly as train_vae."""
     from diffusers import DDPMScheduler
 
     if config.unet_pretrain_steps <= 0:
@@ -206,8 +269,9 @@ def pretrain_unet(pipe: StableDiffusionPipeline, photos: list[torch.Tensor], tex
         embeddings = pipe.text_encoder(tokens)[0]  # (N + 1, L, d): the last one is the empty text
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed + 1)
+    first = load_progress(progress, unet, optimizer, generator, config, log)
     start = time.time()
-    for step in range(config.unet_pretrain_steps):
+    for step in range(first, config.unet_pretrain_steps):
         picks = torch.randint(len(photos), (config.unet_batch_size,), generator=generator).tolist()
         x = random_crops(photos, len(picks), config.unet_crop, config.resize_range_unet, generator, picks)
         drop = torch.rand(len(picks), generator=generator) < config.unet_text_dropout
@@ -226,12 +290,15 @@ def pretrain_unet(pipe: StableDiffusionPipeline, photos: list[torch.Tensor], tex
         if step % 100 == 0 or step == config.unet_pretrain_steps - 1:
             log(f"unet pretraining step {step}/{config.unet_pretrain_steps} loss {loss.item():.4f} "
                 f"({time.time() - start:.0f} s)")
+        if _due(step + 1, config.unet_pretrain_steps, config.checkpoint_steps):
+            save_progress(progress, step + 1, unet, optimizer, generator, config)
     unet.eval()
 
 
 def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
     """Train the VAE, assemble the SD-layout base folder (written atomically) and its report; returns the folder.
-    An existing complete folder is reused (delete it to rebuild)."""
+    An existing complete folder is reused (delete it to rebuild). Training state is kept in <output_dir>.progress
+    while the base is built: a stopped build resumes where it stopped and ends as an uninterrupted one would."""
     out = Path(config.output_dir)
     if (out / "model_index.json").is_file():
         log(f"base: reusing {out}")
@@ -246,8 +313,9 @@ def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
     train = [load_photo(p, config.image_size) for p in train_files]
     heldout = [load_photo(p, config.image_size) for p in heldout_files]
     log(f"base: {len(train)} training photos, {len(heldout)} held out, shorter side {config.image_size}")
+    progress = Path(f"{out}.progress")
     start = time.time()
-    vae = train_vae(train, config, log)
+    vae = train_vae(train, config, log, progress / "vae.safetensors")
     mean, std = latent_statistics(vae, train)
     normalise_latents(vae, mean, std)
     after_mean, after_std = latent_statistics(vae, train)
@@ -262,12 +330,13 @@ def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
                                    unet=unet, scheduler=tiny_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     begin = time.time()
-    pretrain_unet(pipe, train, photo_texts(train_files, config), config, log)
+    pretrain_unet(pipe, train, photo_texts(train_files, config), config, log, progress / "unet.safetensors")
     report.update(unet_pretrain_steps=config.unet_pretrain_steps, unet_seconds=time.time() - begin)
     with atomic_folder(out) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
         with atomic_write(staging / "base_report.json") as tmp:
             tmp.write_text(json.dumps(report, indent=1))
+    shutil.rmtree(progress, ignore_errors=True)
     log(f"base: held-out VAE reconstruction {report['heldout_psnr']:.2f} dB, colorfulness "
         f"{report['colorfulness_ratio']:.2f} x the truth's; wrote {out}")
     return out

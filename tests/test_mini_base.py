@@ -1,0 +1,92 @@
+"""The stand-in base (colordiff/mini/base.py) is resumable: a build stopped in the VAE phase and again in the U-Net
+pretraining resumes from its saved state and ends with exactly the weights of an uninterrupted build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from colordiff.mini import base as mini_base
+from colordiff.mini.base import MiniBaseConfig, make_mini_base
+from colordiff.mini.world import prepare_world
+
+
+def _config(photos: Path, out: Path) -> MiniBaseConfig:
+    return MiniBaseConfig(
+        data_dir=str(photos / "train"), heldout_dir=str(photos / "gt"), output_dir=str(out), image_size=16,
+        vae_channels=[32, 32], vae_crop=16, resize_range=[1.0, 1.0], vae_steps=4, vae_batch_size=2,
+        autocast_bf16=False, unet_channels=[32, 32], unet_pretrain_steps=4, unet_crop=16, unet_batch_size=2,
+        checkpoint_steps=2)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    found = {}
+    for part in ("vae", "unet"):
+        found.update({f"{part}.{k}": v for k, v in
+                      load_file(folder / part / "diffusion_pytorch_model.safetensors").items()})
+    return found
+
+
+def test_a_stopped_base_build_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    prepare_world(photos, 6, 1, 0, 1000, 16)
+    make_mini_base(_config(photos, tmp_path / "whole"), log=lambda *_: None)
+
+    crops = mini_base.random_crops
+    calls = {"n": 0}
+
+    def stop_at(call: int):
+        def crops_then_stop(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise KeyboardInterrupt
+            return crops(*args, **kwargs)
+        calls["n"] = 0
+        monkeypatch.setattr(mini_base, "random_crops", crops_then_stop)
+
+    out = tmp_path / "stopped"
+    progress = Path(f"{out}.progress")
+    stop_at(4)  # the 4th VAE step: steps 1-2 are saved, step 3 is lost
+    with pytest.raises(KeyboardInterrupt):
+        make_mini_base(_config(photos, out), log=lambda *_: None)
+    assert (progress / "vae.safetensors").is_file() and not out.exists()
+    stop_at(2 + 4)  # resumed at VAE step 3: the VAE finishes (calls 1-2), U-Net steps 1-2 saved, step 4 stops
+    with pytest.raises(KeyboardInterrupt):
+        make_mini_base(_config(photos, out), log=lambda *_: None)
+    assert (progress / "unet.safetensors").is_file() and not out.exists()
+    monkeypatch.setattr(mini_base, "random_crops", crops)
+    logs = []
+    make_mini_base(_config(photos, out), log=logs.append)
+    assert any("resuming unet.safetensors at step 2" in line for line in logs)
+    assert not progress.exists()
+
+    whole, resumed = _weights(tmp_path / "whole"), _weights(out)
+    assert whole.keys() == resumed.keys()
+    for key, value in whole.items():
+        assert torch.equal(value, resumed[key]), key
+
+
+def test_a_saved_state_from_other_settings_is_refused(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    prepare_world(photos, 4, 1, 0, 1000, 16)
+    out = tmp_path / "base"
+    crops = mini_base.random_crops
+    calls = {"n": 0}
+
+    def crops_then_stop(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return crops(*args, **kwargs)
+
+    monkeypatch.setattr(mini_base, "random_crops", crops_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        make_mini_base(_config(photos, out), log=lambda *_: None)
+    monkeypatch.setattr(mini_base, "random_crops", crops)
+    other = _config(photos, out)
+    other.vae_learning_rate = 1e-3
+    with pytest.raises(ValueError, match="other settings"):
+        make_mini_base(other, log=lambda *_: None)
