@@ -131,7 +131,11 @@ def pair_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, samples
         raise UsageError(f"{gt_dir}: no image files")
     wanted = {k: [f"{k}_{i}" for i in range(samples)] if samples > 1 else [k] for k in gts}
     used = {s for names in wanted.values() for s in names}
-    spare = lambda k: samples > 1 and k.rpartition("_")[0] in gts and k.rpartition("_")[2].isdigit()  # noqa: E731
+
+    def spare(k: str) -> bool:  # a further sample x_j of a photo that has a ground truth
+        stem, _, index = k.rpartition("_")
+        return samples > 1 and stem in gts and index.isdigit()
+
     no_pred = [str(gts[k]) for k, names in wanted.items() if any(n not in preds for n in names)]
     no_gt = [str(preds[k]) for k in preds if k not in used and not spare(k)]
     if no_pred or no_gt:

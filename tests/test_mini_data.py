@@ -15,7 +15,7 @@ from colordiff.config import ConfigError
 from colordiff.data import load_captions
 from colordiff.mini.captions import category_caption, folder_captions, remove_color_words
 from colordiff.mini.lab import LabConfig, check_config
-from colordiff.mini.photos import heldout_by_rule, list_photos, photo_names
+from colordiff.mini.photos import heldout_by_rule, list_photos, photo_files, photo_names
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "colorization"
@@ -92,6 +92,17 @@ def test_photo_names_are_stems_unless_shared(tmp_path):
     assert names[tmp_path / "scenes" / "sea" / "7.jpg"] == "7"
     assert names[tmp_path / "bsds500" / "train" / "2092.jpg"] == "bsds500_train_2092"
 
+
+
+def test_a_black_and_white_photo_sharing_a_stem_names_both_by_path(tmp_path):
+    color = color_image(tmp_path / "a" / "x.jpg", 1)
+    color_image(tmp_path / "b" / "x.jpg", 2, gray=True)  # screened out of training, yet it still names the other
+    names = photo_names(tmp_path, photo_files(tmp_path))
+    assert names[color] == "a_x"
+    train, held = list_photos(tmp_path, ["a_x"])  # the held-out list uses the names the lab writes
+    assert held == [color] and train == []
+    with pytest.raises(FileNotFoundError, match="held-out photos not found: x"):
+        list_photos(tmp_path, ["x"])
 
 def test_heldout_rule_is_every_kth_sorted_name_per_source(tmp_path):
     files = [color_image(tmp_path / src / f"{i:03d}.jpg", i) for src in ("a", "b") for i in range(10)]

@@ -18,8 +18,8 @@ import json
 import re
 from pathlib import Path
 
-from colordiff.io import atomic_write, is_image_path
-from colordiff.mini.photos import photo_names, source_of
+from colordiff.io import atomic_write
+from colordiff.mini.photos import photo_files, photo_names, source_of
 
 _COLORS = ("red|orange|yellow|green|blue|purple|violet|pink|brown|black|white|gr[ae]y|beige|tan|maroon|navy|teal|"
            "turquoise|cyan|magenta|lavender|golden|gold|silver|blond|blonde|crimson|scarlet|colou?rful|"
@@ -93,10 +93,7 @@ def folder_captions(data_dir: str | Path) -> list[dict]:
     """One record per image file under data_dir (sorted by path): {"path": "<name>.png", "caption_color",
     "caption_gray", "captioner"}; every image gets a line, black-and-white ones too (the miniature screens them)."""
     root = Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: photo folder not found")
-    files = sorted(f for f in root.rglob("*") if f.is_file() and is_image_path(f)
-                   and not any(p.startswith(".") for p in f.relative_to(root).parts))
+    files = photo_files(root)
     names, human = photo_names(root, files), {}
     records = []
     for f in files:

@@ -23,7 +23,7 @@ import torch
 from colordiff.config import ConfigError, dotlist_value
 from colordiff.io import atomic_write, write_image
 from colordiff.mini.captions import write_folder_captions
-from colordiff.mini.photos import list_photos, load_photo, photo_names
+from colordiff.mini.photos import list_photos, load_photo, photo_files, photo_names
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -147,7 +147,7 @@ class MiniatureRun:
         named by photo_names; the folder captions when captions is "folder"."""
         c = self.config
         train, held = list_photos(c.data_dir, c.heldout, heldout_every=c.heldout_every)
-        names = photo_names(c.data_dir, sorted(train + held))
+        names = photo_names(c.data_dir, photo_files(c.data_dir))
         write_photos(self.work / "photos", train, held, names, c.image_size)
         if c.captions == "folder":
             write_folder_captions(c.data_dir, self.captions_file())
@@ -157,7 +157,7 @@ class MiniatureRun:
     def prepare_test_set(self) -> None:
         """The second test set: every color photo of test_dir as ground truth (test/gt) and gray input (test/gray)."""
         photos, _ = list_photos(self.config.test_dir, [])
-        names = photo_names(self.config.test_dir, photos)
+        names = photo_names(self.config.test_dir, photo_files(self.config.test_dir))
         write_photos(self.work / "test", [], photos, names, self.config.image_size)
         with atomic_write(self.work / "test" / "done.json") as tmp:
             tmp.write_text(json.dumps({"test": [names[p] for p in photos]}))

@@ -19,12 +19,10 @@ def list_photos(data_dir: str | Path, heldout: list[str], *, heldout_every: int 
     must exist (a typo would silently train on the photo meant to be held out). heldout_every k > 0 holds out, in
     addition, every k-th color photo of each source (heldout_by_rule)."""
     root = Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: photo folder not found")
-    files = sorted(f for f in root.rglob("*") if f.is_file() and is_image_path(f)
-                   and not any(p.startswith(".") for p in f.relative_to(root).parts))
+    files = photo_files(root)
     names = photo_names(root, files)
-    missing = [name for name in heldout if name not in set(names.values())]
+    known = set(names.values())
+    missing = [name for name in heldout if name not in known]
     if missing:
         raise FileNotFoundError(f"{root}: held-out photos not found: {', '.join(missing)}")
     keep = set(heldout)
@@ -36,10 +34,21 @@ def list_photos(data_dir: str | Path, heldout: list[str], *, heldout_every: int 
     return train, held
 
 
+def photo_files(data_dir: str | Path) -> list[Path]:
+    """Every image file under data_dir (recursive, hidden paths skipped), sorted: color and black-and-white alike,
+    the list photo_names names."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: photo folder not found")
+    return sorted(f for f in root.rglob("*") if f.is_file() and is_image_path(f)
+                  and not any(p.startswith(".") for p in f.relative_to(root).parts))
+
+
 def photo_names(root: str | Path, files: list[Path]) -> dict[Path, str]:
     """{file: its name in the miniature}: the file's stem, or, where several files under root share that stem
     (scenes/forest/2092.jpg and bsds500/train/2092.jpg), its path relative to root without the suffix, the folders
-    joined by "_" (scenes_forest_2092). The photos, captions and held-out lists all use these names."""
+    joined by "_" (scenes_forest_2092). The photos, captions and held-out lists all use these names, given
+    photo_files(root) as files (so a name never depends on which photos were screened out)."""
     root = Path(root)
     counts: dict[str, int] = {}
     for f in files:
