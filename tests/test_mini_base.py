@@ -30,34 +30,36 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return found
 
 
+def _stop_at(monkeypatch, call: int) -> None:
+    """Make the `call`-th training batch (VAE and U-Net pretraining draw one each step) stop the build."""
+    crops, calls = mini_base.random_crops, {"n": 0}
+
+    def crops_then_stop(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return crops(*args, **kwargs)
+
+    monkeypatch.setattr(mini_base, "random_crops", crops_then_stop)
+
+
 def test_a_stopped_base_build_resumes_to_the_same_weights(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     prepare_world(photos, 6, 1, 0, 1000, 16)
     make_mini_base(_config(photos, tmp_path / "whole"), log=lambda *_: None)
 
-    crops = mini_base.random_crops
-    calls = {"n": 0}
-
-    def stop_at(call: int):
-        def crops_then_stop(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == call:
-                raise KeyboardInterrupt
-            return crops(*args, **kwargs)
-        calls["n"] = 0
-        monkeypatch.setattr(mini_base, "random_crops", crops_then_stop)
-
     out = tmp_path / "stopped"
     progress = Path(f"{out}.progress")
-    stop_at(4)  # the 4th VAE step: steps 1-2 are saved, step 3 is lost
-    with pytest.raises(KeyboardInterrupt):
-        make_mini_base(_config(photos, out), log=lambda *_: None)
+    with monkeypatch.context() as patch:
+        _stop_at(patch, 4)  # the 4th VAE step: steps 1-2 are saved, step 3 is lost
+        with pytest.raises(KeyboardInterrupt):
+            make_mini_base(_config(photos, out), log=lambda *_: None)
     assert (progress / "vae.safetensors").is_file() and not out.exists()
-    stop_at(2 + 4)  # resumed at VAE step 3: the VAE finishes (calls 1-2), U-Net steps 1-2 saved, step 4 stops
-    with pytest.raises(KeyboardInterrupt):
-        make_mini_base(_config(photos, out), log=lambda *_: None)
+    with monkeypatch.context() as patch:
+        _stop_at(patch, 2 + 4)  # resumed at VAE step 3: the VAE finishes (calls 1-2), U-Net steps 1-2 saved, 4 stops
+        with pytest.raises(KeyboardInterrupt):
+            make_mini_base(_config(photos, out), log=lambda *_: None)
     assert (progress / "unet.safetensors").is_file() and not out.exists()
-    monkeypatch.setattr(mini_base, "random_crops", crops)
     logs = []
     make_mini_base(_config(photos, out), log=logs.append)
     assert any("resuming unet.safetensors at step 2" in line for line in logs)
@@ -73,19 +75,10 @@ def test_a_saved_state_from_other_settings_is_refused(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     prepare_world(photos, 4, 1, 0, 1000, 16)
     out = tmp_path / "base"
-    crops = mini_base.random_crops
-    calls = {"n": 0}
-
-    def crops_then_stop(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return crops(*args, **kwargs)
-
-    monkeypatch.setattr(mini_base, "random_crops", crops_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        make_mini_base(_config(photos, out), log=lambda *_: None)
-    monkeypatch.setattr(mini_base, "random_crops", crops)
+    with monkeypatch.context() as patch:
+        _stop_at(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            make_mini_base(_config(photos, out), log=lambda *_: None)
     other = _config(photos, out)
     other.vae_learning_rate = 1e-3
     with pytest.raises(ValueError, match="other settings"):

@@ -93,7 +93,6 @@ def test_photo_names_are_stems_unless_shared(tmp_path):
     assert names[tmp_path / "bsds500" / "train" / "2092.jpg"] == "bsds500_train_2092"
 
 
-
 def test_a_black_and_white_photo_sharing_a_stem_names_both_by_path(tmp_path):
     color = color_image(tmp_path / "a" / "x.jpg", 1)
     color_image(tmp_path / "b" / "x.jpg", 2, gray=True)  # screened out of training, yet it still names the other
@@ -103,6 +102,7 @@ def test_a_black_and_white_photo_sharing_a_stem_names_both_by_path(tmp_path):
     assert held == [color] and train == []
     with pytest.raises(FileNotFoundError, match="held-out photos not found: x"):
         list_photos(tmp_path, ["x"])
+
 
 def test_heldout_rule_is_every_kth_sorted_name_per_source(tmp_path):
     files = [color_image(tmp_path / src / f"{i:03d}.jpg", i) for src in ("a", "b") for i in range(10)]
