@@ -83,3 +83,37 @@ def test_a_saved_state_from_other_settings_is_refused(tmp_path, monkeypatch):
     other.vae_learning_rate = 1e-3
     with pytest.raises(ValueError, match="other settings"):
         make_mini_base(other, log=lambda *_: None)
+
+
+def test_a_v_prediction_prior_trains_on_the_velocity_and_says_so(tmp_path, monkeypatch):
+    """unet_prediction_type v_prediction (+ zero terminal SNR): the pretraining loss is taken against the velocity
+    of the zero-terminal-SNR schedule, and the base's scheduler records both, so that every recipe loading the base
+    samples on the schedule and for the target the prior was trained with."""
+    from diffusers import DDIMScheduler
+
+    photos = tmp_path / "photos"
+    prepare_world(photos, 6, 1, 0, 1000, 16)
+    targets = []
+    mse = mini_base.F.mse_loss
+    monkeypatch.setattr(mini_base.F, "mse_loss", lambda pred, target: targets.append(target) or mse(pred, target))
+    config = _config(photos, tmp_path / "v")
+    config.unet_prediction_type, config.unet_zero_terminal_snr = "v_prediction", True
+    make_mini_base(config, log=lambda *_: None)
+    scheduler = DDIMScheduler.from_pretrained(tmp_path / "v", subfolder="scheduler")
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
+    assert scheduler.config.timestep_spacing == "trailing" and float(scheduler.alphas_cumprod[-1]) == 0.0
+    prior = targets[-config.unet_pretrain_steps :]  # the prior's losses come after the VAE's
+
+    # the same draws with the eps target: the targets differ (velocity = sqrt(a) noise - sqrt(1 - a) z)
+    eps_targets = []
+    monkeypatch.setattr(mini_base.F, "mse_loss", lambda pred, target: eps_targets.append(target) or mse(pred, target))
+    make_mini_base(_config(photos, tmp_path / "eps"), log=lambda *_: None)
+    assert DDIMScheduler.from_pretrained(tmp_path / "eps", subfolder="scheduler").config.prediction_type == "epsilon"
+    steps = config.unet_pretrain_steps
+    assert len(targets) == len(eps_targets)
+    assert all(not torch.allclose(v, eps) for v, eps in zip(prior, eps_targets[-steps:], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(targets[:-steps], eps_targets[:-steps], strict=True))  # same VAE
+
+    config.unet_prediction_type = "epsilon"  # zero terminal SNR without the v target
+    with pytest.raises(ValueError, match="unet_zero_terminal_snr needs"):
+        mini_base.prior_scheduler(config)

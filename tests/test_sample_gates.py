@@ -27,6 +27,10 @@ def lab_of(rgb: np.ndarray) -> np.ndarray:
     return rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1).double() / 255).mean((-2, -1)).numpy()
 
 
+def lab_of_pixels(rgb: np.ndarray) -> np.ndarray:
+    return rgb_to_lab(torch.from_numpy(rgb.copy()).permute(2, 0, 1).double() / 255).numpy()  # (3, H, W)
+
+
 def test_mean_of_two_samples_averages_ab_and_keeps_L():
     first, second = lab_image(55, 20, 0), lab_image(55, -20, 40)
     mean = lab_of(mean_of_samples([first, second]))
@@ -119,3 +123,42 @@ def test_gate_verdicts_per_row_and_the_targets():
     table = "\n".join(render_rows(rows, gates, 8))
     assert "| 22.60 | 16.00 | pass | pass |" in table and "| 21.75 | 18.60 | fail | fail |" in table
     assert "| stage II only |" in table and "| - | - | - | fail |" in table
+
+
+def test_decoder_ceiling_row_is_the_vae_ceiling_until_the_skips_act(tmp_path):
+    """The luminance-aware decoder's ceiling row (ground truth through the trained decoder, skips fed from the gray)
+    equals the plain VAE ceiling while its alphas are zero, and differs once a skip acts."""
+    from types import SimpleNamespace
+
+    from colordiff.mini.report import ScoreSet, baseline_predictions
+    from colordiff.models.luminance_decoder import LuminanceAwareAutoencoderKL
+    from colordiff.testing import tiny_vae
+
+    work = tmp_path / "mini"
+    rng = np.random.default_rng(0)
+    for folder in ("photos/train", "photos/gt"):
+        (work / folder).mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(work / "photos/train/t.png")
+    Image.fromarray(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)).save(work / "photos/gt/a.png")  # not x8
+    (work / "eval").mkdir()
+    vae = tiny_vae()
+    vae.save_pretrained(work / "base" / "vae")
+    decoder = LuminanceAwareAutoencoderKL.from_vae(vae)
+    decoder.save_pretrained(tmp_path / "zero" / "vae")
+    with torch.no_grad():
+        decoder.luminance_alphas.fill_(0.5)
+    decoder.save_pretrained(tmp_path / "acting" / "vae")
+    lab = SimpleNamespace(work=work)
+
+    def ceilings(model: str) -> tuple[np.ndarray, np.ndarray]:
+        pred = tmp_path / f"pred_{model}"
+        scores = ScoreSet("heldout", work / "photos/gt", work / "photos/gt", pred, work / "eval", None)
+        out = baseline_predictions(lab, scores, tmp_path / model)
+        return tuple(np.asarray(Image.open(out[row] / "a.png")) for row in ("vae_ceiling", "decoder_ceiling"))
+
+    plain, zero = ceilings("zero")
+    assert plain.shape == zero.shape == (20, 28, 3) and np.array_equal(plain, zero)
+    plain, acting = ceilings("acting")
+    assert np.abs(plain.astype(int) - acting.astype(int)).max() > 10
+    truth = lab_of_pixels(np.array(Image.open(work / "photos/gt/a.png")))
+    assert np.abs(truth[0] - lab_of_pixels(acting)[0]).max() < 1.0  # the photo's own L is kept, as in every other row

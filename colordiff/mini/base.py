@@ -71,6 +71,10 @@ class MiniBaseConfig:
     unet_batch_size: int = 16
     unet_learning_rate: float = 2e-4
     unet_text_dropout: float = 0.1
+    # the prior's target and schedule ("epsilon" on SD1.5's: SD1.5's own; "v_prediction" with zero terminal SNR: the
+    # SD 2.x-v kind, for recipes that fine-tune it with the v target (docs/training.md, "Zero terminal SNR"))
+    unet_prediction_type: str = "epsilon"
+    unet_zero_terminal_snr: bool = False
 
 
 def build_vae(config: MiniBaseConfig) -> AutoencoderKL:
@@ -253,15 +257,32 @@ def photo_texts(files: list[Path], config: MiniBaseConfig) -> list[str]:
     return [captions.get(p.stem, "") for p in files]
 
 
+def prior_scheduler(config: MiniBaseConfig):
+    """SD1.5's DDIM schedule with the prior's prediction type (and zero terminal SNR, trailing spacing, if set)."""
+    from diffusers import DDIMScheduler
+
+    from colordiff.training.config import PREDICTION_TYPES, NoiseScheduleConfig, schedule_settings
+
+    if config.unet_prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unet_prediction_type must be one of {PREDICTION_TYPES}, got {config.unet_prediction_type!r}")
+    if config.unet_zero_terminal_snr and config.unet_prediction_type != "v_prediction":
+        raise ValueError("unet_zero_terminal_snr needs unet_prediction_type: v_prediction (eps says nothing at SNR 0)")
+    settings = schedule_settings(NoiseScheduleConfig(zero_terminal_snr=config.unet_zero_terminal_snr,
+                                                     prediction_type=config.unet_prediction_type))
+    return DDIMScheduler.from_config(tiny_scheduler().config, **settings)
+
+
 def pretrain_unet(pipe: StableDiffusionPipeline, photos: list[torch.Tensor], texts: list[str],
                   config: MiniBaseConfig, log, progress: Path | None = None) -> None:
-    """Train pipe.unet as a text-to-image latent diffusion model (SD's eps loss and schedule) on the photos; with a
-    progress file, resumable exactly as train_vae."""
+    """Train pipe.unet as a text-to-image latent diffusion model (SD's loss and schedule, or the v target on a
+    zero-terminal-SNR schedule: pipe.scheduler's config says which) on the photos; with a progress file, resumable
+    exactly as train_vae."""
     from diffusers import DDPMScheduler
 
     if config.unet_pretrain_steps <= 0:
         return
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    velocity = scheduler.config.prediction_type == "v_prediction"
     unet, vae = pipe.unet.train(), pipe.vae.requires_grad_(False)
     with torch.no_grad():
         tokens = pipe.tokenizer(texts + [""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
@@ -282,7 +303,8 @@ def pretrain_unet(pipe: StableDiffusionPipeline, photos: list[torch.Tensor], tex
         t = torch.randint(scheduler.config.num_train_timesteps, (len(picks),), generator=generator)
         with torch.autocast("cpu", torch.bfloat16, enabled=config.autocast_bf16):
             pred = unet(scheduler.add_noise(z, noise, t), t, emb).sample
-        loss = F.mse_loss(pred.float(), noise)
+        target = scheduler.get_velocity(z, noise, t) if velocity else noise  # (B, 4, h, w)
+        loss = F.mse_loss(pred.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -327,8 +349,8 @@ def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
     unet = build_unet(config)
     report["unet_parameters"] = sum(p.numel() for p in unet.parameters())
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=tiny_text_encoder(config.seed), tokenizer=tiny_tokenizer(),
-                                   unet=unet, scheduler=tiny_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+                                   unet=unet, scheduler=prior_scheduler(config), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
     begin = time.time()
     pretrain_unet(pipe, train, photo_texts(train_files, config), config, log, progress / "unet.safetensors")
     report.update(unet_pretrain_steps=config.unet_pretrain_steps, unet_seconds=time.time() - begin)

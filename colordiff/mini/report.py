@@ -67,13 +67,16 @@ def train_mean_ab(lab) -> torch.Tensor:
     return torch.tensor(json.loads(path.read_text()))
 
 
-def baseline_predictions(lab, scores: ScoreSet) -> dict[str, Path]:
+def baseline_predictions(lab, scores: ScoreSet, decoder: Path | None = None) -> dict[str, Path]:
     """gray input; the training photos' mean a/b under each photo's L; the ground truth through the base VAE
-    (posterior mode, decoded, the photo's exact L kept)."""
+    (posterior mode, decoded, the photo's exact L kept); with `decoder` (a ColorDiff model folder) the ground truth
+    through its luminance-aware decoder, the skips fed from the photo's gray (000 Eq.6): what Eq.7's training adds
+    on latents that are right."""
     from diffusers import AutoencoderKL
 
     from colordiff.color import merge_luminance, split_luminance
     from colordiff.mini.base import encode_photo
+    from colordiff.models.luminance_decoder import LuminanceAwareAutoencoderKL
 
     out, names = {"gray": scores.gray}, scores.names
     folder = scores.pred / "mean_chroma"
@@ -96,7 +99,31 @@ def baseline_predictions(lab, scores: ScoreSet) -> dict[str, Path]:
                 results.append(merge_luminance(split_luminance(x[None])[0], split_luminance(recon.clamp(0, 1))[1])[0])
         _write_each(folder, names, results)
     out["vae_ceiling"] = folder
+    folder = scores.pred / "decoder_ceiling"
+    if decoder is not None and not folder.exists():
+        vae = LuminanceAwareAutoencoderKL.from_pretrained(decoder, subfolder="vae", use_safetensors=True).eval()
+        results = []
+        with torch.no_grad():
+            for n in names:
+                x = _rgb(scores.gt / n)  # (3, h, w)
+                h, w = x.shape[-2:]
+                L = split_luminance(x[None])[0]  # (1, 1, h, w)
+                gray = merge_luminance(L, torch.zeros(1, 2, h, w))[0]  # (3, h, w): the sRGB gray of the photo's L
+                _, features = vae.encode_with_features(_padded(gray, vae) * 2 - 1)
+                recon = (vae.decode_with_features(encode_photo(vae, x).mode(), features) + 1) / 2  # (1, 3, H, W)
+                recon = recon[..., :h, :w]
+                results.append(merge_luminance(L, split_luminance(recon.clamp(0, 1))[1])[0])
+        _write_each(folder, names, results)
+    if decoder is not None:
+        out["decoder_ceiling"] = folder
     return out
+
+
+def _padded(photo: torch.Tensor, vae) -> torch.Tensor:
+    """(3, h, w) -> (1, 3, H, W) padded (replicated edges) to whole latent cells, as encode_photo pads."""
+    multiple = 2 ** (len(vae.config.block_out_channels) - 1)
+    h, w = photo.shape[-2:]
+    return torch.nn.functional.pad(photo[None], (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")
 
 
 def colorize_runs(lab, models: dict[str, Path], scores: ScoreSet) -> list[tuple[str, Path, list[str]]]:
@@ -226,7 +253,7 @@ def condition_check(model: Path, gt_dir: Path, names: list[str], seed: int = 0) 
 
 def score_set(lab, models: dict[str, Path], scores: ScoreSet) -> tuple[dict, dict[str, Path]]:
     """Colorize, evaluate and judge one set: ({"rows", "gates", "checks", "photos"}, {row: prediction folder})."""
-    predictions = baseline_predictions(lab, scores)
+    predictions = baseline_predictions(lab, scores, models.get("unet_decoder"))
     single, several = colorize_models(lab, models, scores)
     predictions.update(single)
     if lab.config.world_scenes and "unet_decoder" in models and scores.name == "heldout":

@@ -19,6 +19,7 @@ ROWS = {
     "mean_chroma": ("baselines", "mean training chroma everywhere"),
     "untrained": ("baselines", "untrained model (init-model output)"),
     "vae_ceiling": ("baselines", "ground truth through the VAE (the ceiling)"),
+    "decoder_ceiling": ("baselines", "ground truth through the luminance-aware decoder (its ceiling)"),
     "unet_only": ("paper 000 Table 2", "U-Net only (w/o luminance-aware decoder)"),
     "unet_decoder": ("paper 000 Table 2", "+ luminance-aware decoder (w/o high-level semantics)"),
     "unet_decoder_prompt": ("paper 000 Table 2", "+ priors: the caption prompt (full model)"),
@@ -28,7 +29,7 @@ ROWS = {
     "seada_i_ii_iii": ("paper 001 Table 2", "stages I + II + III (full model)"),
 }
 WORLD_ROWS = {"unet_decoder_prompt_seg"}  # rows only the color-rule world has (its exact instance masks)
-DETERMINISTIC_ROWS = {"gray", "mean_chroma", "vae_ceiling"}  # no sampling: the mean of N samples is the row itself
+DETERMINISTIC_ROWS = {"gray", "mean_chroma", "vae_ceiling", "decoder_ceiling"}  # no sampling: the mean of N is the row
 METRICS = ["colorfulness", "delta_cf", "delta_cf_per_image", "psnr", "delta_ab", "hue_accuracy"]
 HUE_MARGIN = 0.1  # right hues: balanced hue accuracy at least the mean-chroma fill's + this
 COLORFULNESS_RANGE = (0.5, 1.5)  # right hues: colorfulness within these multiples of the ground truth's
