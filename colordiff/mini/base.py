@@ -221,13 +221,17 @@ def normalise_latents(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor)
     p.weight *= std[None, :, None, None]
 
 
-def encode_photo(vae: AutoencoderKL, photo: torch.Tensor):
-    """The posterior of one photo (3, h, w) in [0, 1], padded (replicated edges) to whole latent cells; decode and
-    crop [..., :h, :w] to get the photo's size back."""
+def pad_to_latent_cells(vae: AutoencoderKL, photo: torch.Tensor) -> torch.Tensor:
+    """(3, h, w) -> (1, 3, H, W) padded (replicated edges) to whole latent cells of `vae`."""
     multiple = 2 ** (len(vae.config.block_out_channels) - 1)
     h, w = photo.shape[-2:]
-    padded = F.pad(photo[None], (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")  # (1, 3, H, W)
-    return vae.encode(padded * 2 - 1).latent_dist
+    return F.pad(photo[None], (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")
+
+
+def encode_photo(vae: AutoencoderKL, photo: torch.Tensor):
+    """The posterior of one photo (3, h, w) in [0, 1], padded to whole latent cells; decode and crop [..., :h, :w]
+    to get the photo's size back."""
+    return vae.encode(pad_to_latent_cells(vae, photo) * 2 - 1).latent_dist
 
 
 @torch.no_grad()

@@ -75,7 +75,7 @@ def baseline_predictions(lab, scores: ScoreSet, decoder: Path | None = None) -> 
     from diffusers import AutoencoderKL
 
     from colordiff.color import merge_luminance, split_luminance
-    from colordiff.mini.base import encode_photo
+    from colordiff.mini.base import encode_photo, pad_to_latent_cells
     from colordiff.models.luminance_decoder import LuminanceAwareAutoencoderKL
 
     out, names = {"gray": scores.gray}, scores.names
@@ -109,7 +109,7 @@ def baseline_predictions(lab, scores: ScoreSet, decoder: Path | None = None) -> 
                 h, w = x.shape[-2:]
                 L = split_luminance(x[None])[0]  # (1, 1, h, w)
                 gray = merge_luminance(L, torch.zeros(1, 2, h, w))[0]  # (3, h, w): the sRGB gray of the photo's L
-                _, features = vae.encode_with_features(_padded(gray, vae) * 2 - 1)
+                _, features = vae.encode_with_features(pad_to_latent_cells(vae, gray) * 2 - 1)
                 recon = (vae.decode_with_features(encode_photo(vae, x).mode(), features) + 1) / 2  # (1, 3, H, W)
                 recon = recon[..., :h, :w]
                 results.append(merge_luminance(L, split_luminance(recon.clamp(0, 1))[1])[0])
@@ -117,13 +117,6 @@ def baseline_predictions(lab, scores: ScoreSet, decoder: Path | None = None) -> 
     if decoder is not None:
         out["decoder_ceiling"] = folder
     return out
-
-
-def _padded(photo: torch.Tensor, vae) -> torch.Tensor:
-    """(3, h, w) -> (1, 3, H, W) padded (replicated edges) to whole latent cells, as encode_photo pads."""
-    multiple = 2 ** (len(vae.config.block_out_channels) - 1)
-    h, w = photo.shape[-2:]
-    return torch.nn.functional.pad(photo[None], (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")
 
 
 def colorize_runs(lab, models: dict[str, Path], scores: ScoreSet) -> list[tuple[str, Path, list[str]]]:
