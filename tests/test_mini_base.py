@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from colordiff.config import load_config
 from colordiff.mini import base as mini_base
 from colordiff.mini.base import MiniBaseConfig, make_mini_base
 from colordiff.mini.world import prepare_world
@@ -114,6 +115,10 @@ def test_a_v_prediction_prior_trains_on_the_velocity_and_says_so(tmp_path, monke
     assert all(not torch.allclose(v, eps) for v, eps in zip(prior, eps_targets[-steps:], strict=True))
     assert all(torch.equal(a, b) for a, b in zip(targets[:-steps], eps_targets[:-steps], strict=True))  # same VAE
 
-    config.unet_prediction_type = "epsilon"  # zero terminal SNR without the v target
+    config.unet_prediction_type = "epsilon"  # zero terminal SNR without the v target: refused before any training
+    config.output_dir = str(tmp_path / "refused")
     with pytest.raises(ValueError, match="unet_zero_terminal_snr needs"):
-        mini_base.prior_scheduler(config)
+        make_mini_base(config, log=lambda *_: None)
+    assert not (tmp_path / "refused.progress").exists()
+    with pytest.raises(ValueError, match="unet_prediction_type must be one of"):
+        load_config(MiniBaseConfig, [], [f"data_dir={photos}", "unet_prediction_type=sample"])

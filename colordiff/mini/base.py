@@ -28,9 +28,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from colordiff.color import rgb_to_gray, rgb_to_lab
+from colordiff.config import check_settings, setting
 from colordiff.io import atomic_folder, atomic_write
 from colordiff.mini.photos import list_photos, load_photo, random_crops
 from colordiff.testing import TINY_TEXT_DIM, tiny_scheduler, tiny_text_encoder, tiny_tokenizer
+from colordiff.training.config import PREDICTION_TYPES, NoiseScheduleConfig, schedule_settings
 
 
 @dataclass
@@ -73,8 +75,13 @@ class MiniBaseConfig:
     unet_text_dropout: float = 0.1
     # the prior's target and schedule ("epsilon" on SD1.5's: SD1.5's own; "v_prediction" with zero terminal SNR: the
     # SD 2.x-v kind, for recipes that fine-tune it with the v target (docs/training.md, "Zero terminal SNR"))
-    unet_prediction_type: str = "epsilon"
+    unet_prediction_type: str = setting("epsilon", choices=PREDICTION_TYPES)
     unet_zero_terminal_snr: bool = False
+
+    def config_checks(self):
+        """Checked when the settings are read (load_config) and at the start of make_mini_base."""
+        if self.unet_zero_terminal_snr and self.unet_prediction_type != "v_prediction":
+            yield "unet_zero_terminal_snr", "needs unet_prediction_type v_prediction (eps says nothing at SNR 0)"
 
 
 def build_vae(config: MiniBaseConfig) -> AutoencoderKL:
@@ -265,12 +272,6 @@ def prior_scheduler(config: MiniBaseConfig):
     """SD1.5's DDIM schedule with the prior's prediction type (and zero terminal SNR, trailing spacing, if set)."""
     from diffusers import DDIMScheduler
 
-    from colordiff.training.config import PREDICTION_TYPES, NoiseScheduleConfig, schedule_settings
-
-    if config.unet_prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"unet_prediction_type must be one of {PREDICTION_TYPES}, got {config.unet_prediction_type!r}")
-    if config.unet_zero_terminal_snr and config.unet_prediction_type != "v_prediction":
-        raise ValueError("unet_zero_terminal_snr needs unet_prediction_type: v_prediction (eps says nothing at SNR 0)")
     settings = schedule_settings(NoiseScheduleConfig(zero_terminal_snr=config.unet_zero_terminal_snr,
                                                      prediction_type=config.unet_prediction_type))
     return DDIMScheduler.from_config(tiny_scheduler().config, **settings)
@@ -325,6 +326,7 @@ def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
     """Train the VAE, assemble the SD-layout base folder (written atomically) and its report; returns the folder.
     An existing complete folder is reused (delete it to rebuild). Training state is kept in <output_dir>.progress
     while the base is built: a stopped build resumes where it stopped and ends as an uninterrupted one would."""
+    check_settings(config)  # a config built in code gets load_config's checks too, before the VAE trains
     out = Path(config.output_dir)
     if (out / "model_index.json").is_file():
         log(f"base: reusing {out}")

@@ -75,6 +75,7 @@ def baseline_predictions(lab, scores: ScoreSet, decoder: Path | None = None) -> 
     from diffusers import AutoencoderKL
 
     from colordiff.color import merge_luminance, split_luminance
+    from colordiff.images import working_gray
     from colordiff.mini.base import encode_photo, pad_to_latent_cells
     from colordiff.models.luminance_decoder import LuminanceAwareAutoencoderKL
 
@@ -108,7 +109,7 @@ def baseline_predictions(lab, scores: ScoreSet, decoder: Path | None = None) -> 
                 x = _rgb(scores.gt / n)  # (3, h, w)
                 h, w = x.shape[-2:]
                 L = split_luminance(x[None])[0]  # (1, 1, h, w)
-                gray = merge_luminance(L, torch.zeros(1, 2, h, w))[0]  # (3, h, w): the sRGB gray of the photo's L
+                gray = working_gray(L, (h, w))[0]  # (3, h, w): the model's own gray input for the photo's L
                 _, features = vae.encode_with_features(pad_to_latent_cells(vae, gray) * 2 - 1)
                 recon = (vae.decode_with_features(encode_photo(vae, x).mode(), features) + 1) / 2  # (1, 3, H, W)
                 recon = recon[..., :h, :w]
