@@ -187,22 +187,55 @@ def fit_chroma_to_gamut(L: torch.Tensor, ab: torch.Tensor, iters: int = 24) -> t
     outside = ~_in_gamut(_lab_to_rgb(lab))  # (..., 1, H, W), True where k = 1 does not fit
     if not outside.any():
         return ab  # everything already fits: k = 1 exactly, ab returned untouched
-    # bisect only the out-of-gamut pixels, gathered into a (3, N, 1) strip so the converters still see (C, H, W)
     mask = outside.squeeze(-3)  # (..., H, W)
     strip = lab.movedim(-3, -1)[mask].T.unsqueeze(-1)  # (3, N, 1)
-    L_s, ab_s = strip[:1], strip[1:]  # (1, N, 1), (2, N, 1)
+    k = torch.ones(mask.shape, dtype=dtype, device=ab.device)  # (..., H, W)
+    k[mask] = _gamut_scale(strip[:1], strip[1:], iters).flatten()
+    return (ab_w * k.unsqueeze(-3)).to(ab.dtype)  # (..., 2, H, W)
+
+
+def _gamut_scale(L: torch.Tensor, ab: torch.Tensor, iters: int) -> torch.Tensor:
+    """The largest k in [0, 1] (to 2^-iters) with Lab (L, k*ab) in sRGB, for a strip of out-of-gamut pixels
+    L (1, N, 1), ab (2, N, 1) (a (C, H, W) shape, so the converters apply); (1, N, 1). Bisection."""
     # invariant: k = lo is in gamut. k = 0 is gray, in gamut for L in [0, 100] except that skimage's matrix rows miss
-    # the D65 white slightly (blue reaches 1.00004 at L = 100); merge_luminance's final clamp absorbs that
-    lo = torch.zeros_like(L_s)
-    hi = torch.ones_like(L_s)  # invariant: k = hi is out of gamut
+    # the D65 white slightly (blue reaches 1.00004 at L = 100); the callers' final clamp absorbs that
+    lo = torch.zeros_like(L)
+    hi = torch.ones_like(L)  # invariant: k = hi is out of gamut
+    # _lab_to_linear's arithmetic, op for op (the same k as bisecting through it), with what does not depend on k
+    # (the Y term: L alone) computed once; each step converts X and Z only
+    fy = (L + 16.0) / 116.0  # (1, N, 1)
+    Y = _f_inv(fy) * _WHITE[1]
+    m1Y = [row[1] * Y for row in _RGB_FROM_XYZ]
+    low, high = -_GAMUT_TOL / 12.92, ((1.0 + _GAMUT_TOL + 0.055) / 1.055) ** 2.4  # _in_gamut_linear's bounds
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        ok = _in_gamut_linear(_lab_to_linear(torch.cat([L_s, mid * ab_s], dim=0)))  # (1, N, 1)
+        X = _f_inv(fy + (mid * ab[:1]) / 500.0) * _WHITE[0]
+        Z = _f_inv(fy - (mid * ab[1:]) / 200.0) * _WHITE[2]
+        ok = None
+        for (m0, _, m2), m1y in zip(_RGB_FROM_XYZ, m1Y, strict=True):
+            channel = m0 * X + m1y + m2 * Z  # (1, N, 1) linear R, G or B
+            inside = (channel >= low) & (channel <= high)
+            ok = inside if ok is None else ok & inside
         lo = torch.where(ok, mid, lo)
         hi = torch.where(ok, hi, mid)
-    k = torch.ones(mask.shape, dtype=dtype, device=ab.device)  # (..., H, W)
-    k[mask] = lo.flatten()
-    return (ab_w * k.unsqueeze(-3)).to(ab.dtype)  # (..., 2, H, W)
+    return lo
+
+
+def lab_to_rgb_in_gamut(L: torch.Tensor, ab: torch.Tensor, iters: int = 24) -> torch.Tensor:
+    """sRGB (..., 3, H, W) in [0, 1] of Lab (L, fit_chroma_to_gamut(L, ab)) with L (..., 1, H, W), ab (..., 2, H, W)
+    of equal size, in the working dtype: the values of converting the fitted chroma (to one float32 ulp), with the
+    conversion run once over the image: only the pixels outside the gamut are bisected and converted again."""
+    dtype = torch.promote_types(_work_dtype(L), _work_dtype(ab))
+    lab = torch.cat([L.to(dtype), ab.to(dtype)], dim=-3)  # (..., 3, H, W)
+    rgb = _lab_to_rgb(lab)  # (..., 3, H, W)
+    mask = ~_in_gamut(rgb).squeeze(-3)  # (..., H, W): k = 1 does not fit
+    if mask.any():
+        strip = lab.movedim(-3, -1)[mask].T.unsqueeze(-1)  # (3, N, 1)
+        L_s, ab_s = strip[:1], strip[1:]
+        fitted = _lab_to_rgb(torch.cat([L_s, ab_s * _gamut_scale(L_s, ab_s, iters)], dim=0))  # (3, N, 1)
+        rgb.movedim(-3, -1)[mask] = fitted[..., 0].T  # (N, 3) written back into place
+    # after the gamut fit this clamp only removes float rounding (_GAMUT_TOL, or gray's 4e-5 of blue at L = 100)
+    return rgb.clamp(0.0, 1.0)
 
 
 def merge_luminance(L: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
@@ -222,7 +255,4 @@ def merge_luminance(L: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
         # antialias only matters when shrinking; when enlarging it equals plain bilinear
         flat = F.interpolate(flat, size=(H, W), mode="bilinear", align_corners=False, antialias=h > H or w > W)
         ab_w = flat.reshape(*ab.shape[:-2], H, W)  # (..., 2, H, W)
-    ab_w = fit_chroma_to_gamut(L_w, ab_w)
-    rgb = _lab_to_rgb(torch.cat([L_w, ab_w], dim=-3))  # (..., 3, H, W)
-    # after the gamut fit this clamp only removes float rounding (_GAMUT_TOL, or gray's 4e-5 of blue at L = 100)
-    return rgb.clamp(0.0, 1.0).to(out_dtype)
+    return lab_to_rgb_in_gamut(L_w, ab_w).to(out_dtype)  # (..., 3, H, W)

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from colordiff.color import (
-    fit_chroma_to_gamut,
     gray_from_luminance,
-    lab_to_rgb,
+    lab_to_rgb_in_gamut,
     merge_luminance,
     rgb_to_luminance,
     split_luminance,
@@ -145,7 +144,7 @@ def merge_into(L: torch.Tensor, ab: torch.Tensor, output_type: str):
         down = weight[top:bottom, None]  # (rows, 1)
         ab_tile = ab_rows[..., lo[top:bottom], :] * (1 - down) + ab_rows[..., hi[top:bottom], :] * down  # (1,2,r,W)
         L_tile = L[..., top:bottom, :]
-        rgb = lab_to_rgb(torch.cat([L_tile, fit_chroma_to_gamut(L_tile, ab_tile)], dim=1)).clamp(0.0, 1.0)[0]
+        rgb = lab_to_rgb_in_gamut(L_tile, ab_tile)[0]  # (3, rows, W)
         if output_type == "pt":
             out[:, top:bottom] = rgb.cpu()
         elif as_bytes:  # rounded as from_rgb_tensor rounds

@@ -204,6 +204,27 @@ def test_init_model_tiny_and_from_sd_folder(tmp_path, capsys):
     assert "cannot load Stable Diffusion weights" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("method", ["colordiff", "seada"])
+def test_init_model_from_a_v_prediction_base_predicts_v_and_samples(tmp_path, method):
+    """A base whose scheduler predicts v (SD 2.x-v, the miniature's v-prediction base): the untrained model records
+    v_prediction, so its own scheduler loads with it and it samples."""
+    import json
+
+    from colordiff.pipelines import load_pipeline
+    from colordiff.testing import save_tiny_stable_diffusion
+
+    base = save_tiny_stable_diffusion(tmp_path / "sd_v", seed=7)
+    scheduler = base / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(json.dumps({**json.loads(scheduler.read_text()), "prediction_type": "v_prediction"}))
+    built = tmp_path / method
+    assert main(["init-model", str(built), "--base", str(base), "--local-files-only", "--method", method]) == 0
+    pipe = load_pipeline(built)
+    assert pipe.denoiser_model.config.prediction_type == "v_prediction"
+    image = pipe([np.zeros((32, 32, 3), np.float32)], num_inference_steps=1, resolution=32, output_type="np",
+                 priors="none").images[0]
+    assert image.shape == (32, 32, 3) and np.isfinite(image).all()
+
+
 @pytest.mark.slow
 def test_accelerate_launch_splits_files_across_processes(tmp_path, tiny_model_dir):
     out = tmp_path / "out"

@@ -13,6 +13,7 @@ from colordiff.color import (
     fit_chroma_to_gamut,
     gray_from_luminance,
     lab_to_rgb,
+    lab_to_rgb_in_gamut,
     merge_luminance,
     rgb_to_gray,
     rgb_to_lab,
@@ -179,6 +180,22 @@ def test_fit_chroma_reduces_out_of_gamut_pixels_only():
     # k is maximal: 1% more chroma leaves the gamut
     over = lab_to_rgb(torch.cat([L, fitted * 1.01]))[:, :, 1:]
     assert ((over < 0) | (over > 1)).any(dim=0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_converting_once_equals_fitting_then_converting(dtype):
+    """lab_to_rgb_in_gamut converts the image once and only the out-of-gamut pixels again: the gamut fit followed
+    by a conversion of the whole image, to the last bit in float64 and to one float32 ulp (a strip of pixels may
+    take another vector path through the power functions)."""
+    g = torch.Generator().manual_seed(3)
+    L = torch.rand(2, 1, 40, 50, generator=g, dtype=dtype) * 100  # (2, 1, 40, 50)
+    ab = torch.randn(2, 2, 40, 50, generator=g, dtype=dtype) * 40
+    expected = lab_to_rgb(torch.cat([L, fit_chroma_to_gamut(L, ab)], dim=1)).clamp(0, 1)
+    outside = ((lab_to_rgb(torch.cat([L, ab], dim=1)) < 0) | (lab_to_rgb(torch.cat([L, ab], dim=1)) > 1)).any(1)
+    assert 0.2 < outside.float().mean() < 0.9  # both kinds of pixels are there
+    got = lab_to_rgb_in_gamut(L, ab)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, expected, rtol=0, atol=0 if dtype == torch.float64 else 1.2e-7)
 
 
 def test_fit_chroma_float16():

@@ -283,3 +283,47 @@ def test_raft_flow_from_a_local_safetensors_file(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="bad.safetensors: not a readable safetensors file"):
         make_flow("raft", str(tmp_path / "bad.safetensors"))
+
+
+def test_png_frames_are_written_at_the_chosen_compression_and_decode_the_same(tmp_path):
+    from colordiff.video.config import OutputSettings
+    from colordiff.video.encode import ChunkWriter, plan_encoding
+    from colordiff.video.io import ClipInfo
+
+    rgb = _photo("kodim23.jpg")
+    info = ClipInfo(tmp_path, "frames", rgb.shape[1], rgb.shape[0], Fraction(1, 25), Fraction(25), 1,
+                    frame_names=["f_7.png"])
+    sizes = {}
+    for level in (0, 9):
+        encoding = plan_encoding(info, OutputSettings(png_compression=level))
+        writer = ChunkWriter(tmp_path / f"level{level}", info, encoding, 0)
+        writer.write(0, rgb)
+        writer.close()
+        written = tmp_path / f"level{level}" / "f_7.png"
+        assert np.array_equal(np.asarray(Image.open(written)), rgb)  # lossless at any level
+        sizes[level] = written.stat().st_size
+    assert sizes[0] > 1.5 * sizes[9]  # level 0 stores, level 9 compresses: the setting reaches the encoder
+
+
+def test_video_costs_script_splits_a_run_into_its_stages(tmp_path, tiny_model_dir, capsys):
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "scripts" / "video_costs.py"
+    spec = importlib.util.spec_from_file_location("video_costs", script)
+    video_costs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(video_costs)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k, frame in enumerate(camera_frames(_photo("kodim23.jpg"), (64, 48), 5, "pan")):
+        Image.fromarray(frame).save(folder / f"f_{k}.png")
+    result = video_costs.main([str(folder), "--model", str(tiny_model_dir), "--resolution", "32", "--steps", "1",
+                               "--count", "4"])
+    per_frame, flow = result["none"]["stages_ms"], result["flow"]["stages_ms"]
+    assert result["none"]["frames"] == result["flow"]["frames"] == 4
+    assert per_frame["flow"] == 0 and flow["flow"] > 0  # only flow mode computes optical flow
+    assert per_frame["merge, flow frames"] == 0 and flow["merge, flow frames"] > 0
+    assert per_frame["merge inside model calls"] > 0  # per-frame outputs are merged by the pipeline itself
+    for stages in (per_frame, flow):
+        assert stages["read frame"] > 0 and stages["analyse (L, grid)"] > 0 and stages["write frame"] > 0
+        assert stages["model calls"] > stages["merge inside model calls"]
+    assert '"flow"' in capsys.readouterr().out.splitlines()[-1]  # the last line is the JSON

@@ -40,11 +40,14 @@ class ConcatUNet2DConditionModel(UNet2DConditionModel):
         self.condition_fuse.bias.zero_()
 
     @classmethod
-    def from_unet(cls, unet: UNet2DConditionModel, condition_channels: int | None = None) -> ConcatUNet2DConditionModel:
-        """Wrap a pretrained SD U-Net: same weights, identity-initialised fuse conv (the paper's initialisation)."""
+    def from_unet(cls, unet: UNet2DConditionModel, condition_channels: int | None = None,
+                  prediction_type: str = "epsilon") -> ConcatUNet2DConditionModel:
+        """Wrap a pretrained SD U-Net: same weights, identity-initialised fuse conv (the paper's initialisation).
+        `prediction_type`: what the base U-Net predicts (its scheduler's; a diffusers U-Net does not record it)."""
         condition_channels = unet.config.in_channels if condition_channels is None else condition_channels
         config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-        model = cls.from_config({**config, "condition_channels": condition_channels})
+        model = cls.from_config({**config, "condition_channels": condition_channels,
+                                 "prediction_type": prediction_type})
         missing, unexpected = model.load_state_dict(unet.state_dict(), strict=False)
         if unexpected or any(not k.startswith("condition_fuse.") for k in missing):
             raise ValueError(f"U-Net weights do not match its config: missing={missing}, unexpected={unexpected}")

@@ -59,10 +59,12 @@ class ColorDiffPipeline(RecordsPriorGenerators, ColorizationPipeline, Safetensor
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
     def from_stable_diffusion_components(cls, sd) -> ColorDiffPipeline:
-        """An untrained ColorDiff model from SD components (identity fuse conv, zero skip alphas: it *is* SD)."""
+        """An untrained ColorDiff model from SD components (identity fuse conv, zero skip alphas: it *is* SD, and
+        predicts what SD's U-Net predicts: its scheduler's prediction_type, e.g. v for SD 2.x-v)."""
         return cls(
             vae=LuminanceAwareAutoencoderKL.from_vae(sd.vae),
-            unet=ConcatUNet2DConditionModel.from_unet(sd.unet),
+            unet=ConcatUNet2DConditionModel.from_unet(
+                sd.unet, prediction_type=sd.scheduler.config.get("prediction_type", "epsilon")),
             text_encoder=sd.text_encoder,
             tokenizer=sd.tokenizer,
             scheduler=DDIMScheduler.from_config(sd.scheduler.config),

@@ -87,13 +87,15 @@ class SeAdaPipeline(RecordsPriorGenerators, ColorizationPipeline, SeAdaLoraLoade
     def from_stable_diffusion_components(cls, sd, mapper_channels: int = 4, use_rca: bool = True,
                                          use_trainable_embedding: bool = True, rca_head_dim: int = 64) -> SeAdaPipeline:
         """An untrained SeAda model from SD components: it computes exactly SD's U-Net output on e_r. The mapper
-        downsamples as much as the VAE does (three stride-2 layers for SD's 8x VAE)."""
+        downsamples as much as the VAE does (three stride-2 layers for SD's 8x VAE). The control model records what
+        SD's U-Net predicts (its scheduler's prediction_type)."""
         halvings = len(sd.vae.config.block_out_channels) - 1
         mapper_hidden = tuple(16 * 2**i for i in range(halvings - 1)) + (96,)  # (16, 32, 96) for SD's 8x
         return cls(
             vae=sd.vae, unet=sd.unet,
             control=SeAdaControlModel.from_unet(sd.unet, mapper_channels=mapper_channels, use_rca=use_rca,
-                                                rca_head_dim=rca_head_dim, mapper_hidden=mapper_hidden),
+                                                rca_head_dim=rca_head_dim, mapper_hidden=mapper_hidden,
+                                                prediction_type=sd.scheduler.config.get("prediction_type", "epsilon")),
             adapter=SemanticAdapter.from_text_encoder(sd.text_encoder, use_trainable_embedding=use_trainable_embedding),
             tokenizer=sd.tokenizer, scheduler=DDIMScheduler.from_config(sd.scheduler.config),
         )

@@ -41,7 +41,7 @@ def plan_encoding(info: ClipInfo, settings) -> Encoding:
     """The container (the input's own for format=auto), codec and pixel format of an output (OutputSettings)."""
     kind = info.kind if settings.format == "auto" else settings.format
     if kind == "frames":
-        return Encoding("frames")
+        return Encoding("frames", options={"compress_level": str(settings.png_compression)})
     if settings.lossless:
         notes = [] if kind == "mkv" else [f"lossless FFV1 is written as MKV, not {kind.upper()}"]
         return Encoding("mkv", "ffv1", "bgr0", {"slices": "4", "level": "3"}, notes)
@@ -79,7 +79,8 @@ class ChunkWriter:
         """Add the next frame: (H, W, 3) uint8 RGB at timestamp pts (the input's time base)."""
         if self.container is None:
             name = self.info.frame_names[self.index] if self.info.frame_names else f"frame_{self.index + 1:06d}.png"
-            PIL.Image.fromarray(rgb).save(self.path / (Path(name).stem + ".png"), format="PNG")
+            PIL.Image.fromarray(rgb).save(self.path / (Path(name).stem + ".png"), format="PNG",
+                                          compress_level=int(self.encoding.options["compress_level"]))
         else:
             import av
 
