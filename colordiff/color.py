@@ -32,6 +32,10 @@ _F_OFFSET = 16.0 / 116.0
 # rounding (real photos round-trip within ~2e-6); any slack survives into merge_luminance's final clamp, and near
 # white 1e-5 of green already moves L by ~8e-4, so it must stay this small.
 _GAMUT_TOL = 3e-6
+# _in_gamut's bounds moved through the inverse of the (increasing) sRGB transfer curve: the gamut fit's bisection
+# tests linear RGB and skips a power per step
+_LINEAR_LOW = -_GAMUT_TOL / 12.92
+_LINEAR_HIGH = ((1.0 + _GAMUT_TOL + 0.055) / 1.055) ** 2.4
 
 
 # -----------------------------------------------------------------------------
@@ -120,14 +124,6 @@ def _in_gamut(rgb: torch.Tensor) -> torch.Tensor:
     return inside.all(dim=-3, keepdim=True)
 
 
-def _in_gamut_linear(linear: torch.Tensor) -> torch.Tensor:
-    """_in_gamut of _linear_to_srgb(linear), tested before the transfer curve: the curve is increasing, so the
-    bounds move through its inverse and the power is skipped (what the gamut fit's bisection runs per step)."""
-    low = -_GAMUT_TOL / 12.92
-    high = ((1.0 + _GAMUT_TOL + 0.055) / 1.055) ** 2.4
-    return ((linear >= low) & (linear <= high)).all(dim=-3, keepdim=True)
-
-
 # -----------------------------------------------------------------------------
 # public API
 
@@ -206,7 +202,6 @@ def _gamut_scale(L: torch.Tensor, ab: torch.Tensor, iters: int) -> torch.Tensor:
     fy = (L + 16.0) / 116.0  # (1, N, 1)
     Y = _f_inv(fy) * _WHITE[1]
     m1Y = [row[1] * Y for row in _RGB_FROM_XYZ]
-    low, high = -_GAMUT_TOL / 12.92, ((1.0 + _GAMUT_TOL + 0.055) / 1.055) ** 2.4  # _in_gamut_linear's bounds
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         X = _f_inv(fy + (mid * ab[:1]) / 500.0) * _WHITE[0]
@@ -214,7 +209,7 @@ def _gamut_scale(L: torch.Tensor, ab: torch.Tensor, iters: int) -> torch.Tensor:
         ok = None
         for (m0, _, m2), m1y in zip(_RGB_FROM_XYZ, m1Y, strict=True):
             channel = m0 * X + m1y + m2 * Z  # (1, N, 1) linear R, G or B
-            inside = (channel >= low) & (channel <= high)
+            inside = (channel >= _LINEAR_LOW) & (channel <= _LINEAR_HIGH)
             ok = inside if ok is None else ok & inside
         lo = torch.where(ok, mid, lo)
         hi = torch.where(ok, hi, mid)
