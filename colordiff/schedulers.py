@@ -43,11 +43,16 @@ def scheduler_name(scheduler) -> str:
     return type(scheduler).__name__
 
 
+def scheduler_prediction_type(scheduler) -> str:
+    """What a scheduler is set to take from the network (its config's `prediction_type`; epsilon when absent)."""
+    return scheduler.config.get("prediction_type", "epsilon")
+
+
 def check_prediction_type(network, scheduler) -> None:
     """Refuse a scheduler set for another prediction type than the one the network was trained for (recorded in its
     config as `prediction_type`; epsilon when absent): sampling a v-prediction model as epsilon gives garbage."""
     trained = getattr(network.config, "prediction_type", None) or "epsilon"
-    used = scheduler.config.get("prediction_type", "epsilon")
+    used = scheduler_prediction_type(scheduler)
     if trained != used:
         raise ValueError(f"the model was trained for prediction_type {trained!r} but the scheduler "
                          f"({type(scheduler).__name__}) is set for {used!r}; build schedulers from the model's own "

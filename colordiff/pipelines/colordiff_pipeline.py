@@ -16,6 +16,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from colordiff.models import ConcatUNet2DConditionModel, LuminanceAwareAutoencoderKL
 from colordiff.pipelines.base import ColorizationPipeline, stable_diffusion_parts
 from colordiff.pipelines.recorded_priors import RecordsPriorGenerators, SafetensorsLoraLoaderMixin
+from colordiff.schedulers import scheduler_prediction_type
 from colordiff.semantics.config import PriorsConfig
 from colordiff.semantics.generators import PriorGenerators
 from colordiff.semantics.priors import ImagePriors, compose_prompt
@@ -64,7 +65,7 @@ class ColorDiffPipeline(RecordsPriorGenerators, ColorizationPipeline, Safetensor
         return cls(
             vae=LuminanceAwareAutoencoderKL.from_vae(sd.vae),
             unet=ConcatUNet2DConditionModel.from_unet(
-                sd.unet, prediction_type=sd.scheduler.config.get("prediction_type", "epsilon")),
+                sd.unet, prediction_type=scheduler_prediction_type(sd.scheduler)),
             text_encoder=sd.text_encoder,
             tokenizer=sd.tokenizer,
             scheduler=DDIMScheduler.from_config(sd.scheduler.config),

@@ -19,6 +19,7 @@ from colordiff.models.control import ControlledDenoiser, SeAdaControlModel
 from colordiff.models.semantic_adapter import SemanticAdapter
 from colordiff.pipelines.base import ColorDiffPipelineOutput, ColorizationPipeline, stable_diffusion_parts
 from colordiff.pipelines.recorded_priors import RecordsPriorGenerators, SafetensorsLoraLoaderMixin
+from colordiff.schedulers import scheduler_prediction_type
 from colordiff.semantics.generators import PriorGenerators
 from colordiff.semantics.priors import ImagePriors
 
@@ -95,7 +96,7 @@ class SeAdaPipeline(RecordsPriorGenerators, ColorizationPipeline, SeAdaLoraLoade
             vae=sd.vae, unet=sd.unet,
             control=SeAdaControlModel.from_unet(sd.unet, mapper_channels=mapper_channels, use_rca=use_rca,
                                                 rca_head_dim=rca_head_dim, mapper_hidden=mapper_hidden,
-                                                prediction_type=sd.scheduler.config.get("prediction_type", "epsilon")),
+                                                prediction_type=scheduler_prediction_type(sd.scheduler)),
             adapter=SemanticAdapter.from_text_encoder(sd.text_encoder, use_trainable_embedding=use_trainable_embedding),
             tokenizer=sd.tokenizer, scheduler=DDIMScheduler.from_config(sd.scheduler.config),
         )
