@@ -20,6 +20,7 @@ from colordiff.cli_options import add_model_options, default_text
 from colordiff.colorize import ColorizeConfig
 from colordiff.config import ConfigError, dotlist_value, error_line, is_override, load_config
 from colordiff.demo_cli import add_demo_parser, run_demo_command
+from colordiff.devices import end_process_group
 from colordiff.errors import EXIT_OK, EXIT_USAGE, UsageError
 from colordiff.evaluate import EvalConfig
 from colordiff.init_model import BASE_MODELS
@@ -203,4 +204,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(end_process_group(main()))

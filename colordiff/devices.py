@@ -21,3 +21,16 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (for wall-clock timing)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def end_process_group(status: int) -> int:
+    """Ends this process's torch.distributed process group, if it started one, and returns `status`: for the
+    `__main__` of an entry point that `accelerate launch` may start several times (colorize, evaluate, caption,
+    reproduce). Left to interpreter exit, a gloo process group's threads can abort a process that has finished all
+    its work (SIGABRT, "terminate called without an active exception"), and torchrun then fails the whole launch.
+    Training ends its group itself (Accelerator.end_training)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return status

@@ -8,6 +8,7 @@
 import sys
 
 from colordiff.caption_cache import main
+from colordiff.devices import end_process_group
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(end_process_group(main()))

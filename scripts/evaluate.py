@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from colordiff.cli import main as cli_main
+from colordiff.devices import end_process_group
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,4 +16,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(end_process_group(main()))

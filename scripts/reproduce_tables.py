@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 
+from colordiff.devices import end_process_group
 from colordiff.reproduce import eval_set_main, eval_set_parser, reproduce_tables
 
 FLAGS = {"model": "model", "output_dir": "output_dir", "fid_weights": "evaluation.fid_weights",
@@ -35,4 +36,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(end_process_group(main()))

@@ -289,3 +289,24 @@ def test_two_processes_split_colorizing_and_scoring(originals, tiny_model_dir, t
     with open(tmp_path / "table" / "table_colordiff_table2.csv") as fh:  # both runs are rows of the whole table
         ours = [row for row in csv.reader(fh) if row[-1] == "ours"]
     assert len(ours) == 2 and ours[0] == ours[1]
+
+
+def test_a_launched_entry_point_ends_its_process_group(tmp_path):
+    """The `__main__` of colorize / evaluate / caption / reproduce ends the process's gloo group before exit (left to
+    interpreter exit, its threads can abort a process that has finished its work); with no group it does nothing."""
+    import torch.distributed as dist
+
+    from colordiff.devices import end_process_group
+
+    assert end_process_group(0) == 0 and not dist.is_initialized()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert dist.is_initialized()
+        assert end_process_group(3) == 3
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    for script in ("reproduce_tables", "evaluate", "caption"):
+        assert "sys.exit(end_process_group(main()))" in (REPO / "scripts" / f"{script}.py").read_text()
+    assert "sys.exit(end_process_group(main()))" in (REPO / "colordiff" / "cli.py").read_text()
