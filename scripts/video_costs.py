@@ -48,7 +48,6 @@ def stage_seconds(stats: pstats.Stats) -> dict[str, float]:
         if key == MERGE:  # split by caller: the pipeline's own output step or a flow frame's to_rgb8
             found["merge inside model calls"] += sum(c[3] for (f, _, n), c in callers.items()
                                                      if (Path(f).name, n) != STAGES["merge, flow frames"])
-    found["write frame"] -= found["merge, flow frames"]  # a flow frame's merge is deferred to the writer: inside write
     return found
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +59,14 @@ def plan_encoding(info: ClipInfo, settings) -> Encoding:
 class ChunkWriter:
     """One shot's frames, encoded into `path` (a temp name the caller renames when the shot is whole).
 
-    With `threaded`, frames are made (see write), encoded and written on one thread of its own, in order, while the
-    caller works on the next ones (torch, PNG's zlib and the codecs run outside the GIL); at most `pending` frames
-    wait, and an error of that thread is raised by a later write or by close."""
+    With `threaded`, frames are encoded and written on one thread of its own, in order, while the caller works on the
+    next ones (PNG's zlib and the codecs run outside the GIL); at most PENDING frames wait, and an encoder's error is
+    raised by a later write or by close."""
 
-    def __init__(self, path: Path, info: ClipInfo, encoding: Encoding, first_index: int, threaded: bool = True,
-                 pending: int = 2):
-        self.path, self.info, self.encoding, self.index, self.pending = path, info, encoding, first_index, pending
+    PENDING = 2
+
+    def __init__(self, path: Path, info: ClipInfo, encoding: Encoding, first_index: int, threaded: bool = True):
+        self.path, self.info, self.encoding, self.index = path, info, encoding, first_index
         self.container = self.stream = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="colordiff-chunk-writer") if threaded else None
         self._pending: deque[Future] = deque()
@@ -84,9 +85,9 @@ class ChunkWriter:
             stream.codec_context.sample_aspect_ratio = info.sample_aspect_ratio
         self.stream = stream
 
-    def write(self, pts: int, rgb: np.ndarray | Callable[[], np.ndarray]) -> None:
-        """Add the next frame at timestamp pts (the input's time base): (H, W, 3) uint8 RGB, which the caller must not
-        change afterwards, or a function returning it (run on the writer's thread when threaded)."""
+    def write(self, pts: int, rgb: np.ndarray) -> None:
+        """Add the next frame: (H, W, 3) uint8 RGB at timestamp pts (the input's time base); the caller must not
+        change `rgb` afterwards."""
         if self.container is None:
             name = self.info.frame_names[self.index] if self.info.frame_names else f"frame_{self.index + 1:06d}.png"
             work, args = self._save_png, (self.path / (Path(name).stem + ".png"), rgb)
@@ -97,17 +98,15 @@ class ChunkWriter:
             work(*args)
             return
         self._pending.append(self._thread.submit(work, *args))
-        while len(self._pending) > self.pending:
+        while len(self._pending) > self.PENDING:
             self._pending.popleft().result()
 
-    def _save_png(self, path: Path, rgb) -> None:
-        rgb = rgb() if callable(rgb) else rgb
+    def _save_png(self, path: Path, rgb: np.ndarray) -> None:
         PIL.Image.fromarray(rgb).save(path, format="PNG", compress_level=int(self.encoding.options["compress_level"]))
 
-    def _encode(self, pts: int, rgb) -> None:
+    def _encode(self, pts: int, rgb: np.ndarray) -> None:
         import av
 
-        rgb = rgb() if callable(rgb) else rgb
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts, frame.time_base = pts, self.info.time_base
         self.container.mux(self.stream.encode(frame))

@@ -212,10 +212,7 @@ def colorize_clip(clip: Clip, colorizer: FrameColorizer, flow, config, bar) -> N
                 seed = sample_seed(config.seed, clip.relative, k)
                 shot = (FlowShot(colorizer.keyframe(seed), flow, config) if flow is not None
                         else PerFrameShot(colorizer.frames(seed), config.batch_size))
-                # flow frames come out a segment at a time (up to keyframes.interval + 1), their merge deferred to
-                # the writer: the whole segment may wait there while the next one is read and propagated
-                pending = config.keyframes.interval + 1 if flow is not None else 2
-                writer, count = _start_chunk(clip, k, info, encoding, item.index, config.io_threads, pending), 0
+                writer, count = _start_chunk(clip, k, info, encoding, item.index, config.io_threads), 0
             for _, pts, rgb in shot.push(item):
                 writer.write(pts, rgb)
                 count += 1
@@ -262,11 +259,11 @@ def _chunk_path(clip: Clip, k: int, kind: str) -> Path:
     return clip.parts / (f"shot_{k:06d}" if kind == "frames" else f"shot_{k:06d}.nut")
 
 
-def _start_chunk(clip: Clip, k: int, info, encoding, first: int, threaded: bool, pending: int) -> ChunkWriter:
+def _start_chunk(clip: Clip, k: int, info, encoding, first: int, threaded: bool) -> ChunkWriter:
     final = _chunk_path(clip, k, encoding.kind)
     partial = final.with_name(final.name + ".partial")  # what a killed run left of this shot is overwritten
     shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
-    return ChunkWriter(partial, info, encoding, first, threaded, pending)
+    return ChunkWriter(partial, info, encoding, first, threaded)
 
 
 def _finish_chunk(clip: Clip, manifest: dict, writer: ChunkWriter, count: int) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
@@ -23,9 +22,7 @@ import torch.nn.functional as F
 from colordiff.images import luminance_of, merge_into
 from colordiff.video.flow import bilinear_at, consistency, identity_grid
 
-# (frame index, pts, (H, W, 3) uint8 RGB, or a function making it: flow frames defer their full-size merge to the
-# writer, which runs it on its own thread)
-Output = tuple[int, int, np.ndarray | Callable[[], np.ndarray]]
+Output = tuple[int, int, np.ndarray]  # (frame index, pts, (H, W, 3) uint8 RGB)
 
 
 @dataclass
@@ -167,7 +164,7 @@ class FlowShot:
             warped = bilinear_at(self.last[1], identity_grid(h, w) + waiting.back)  # (2, h, w)
             ab = ab + smooth.strength * waiting.step * (warped - ab)
         self.last = (frame, ab)
-        return frame.index, frame.pts, partial(to_rgb8, frame.L, ab)
+        return frame.index, frame.pts, to_rgb8(frame.L, ab)
 
 
 def fill_from_reliable(ab: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
