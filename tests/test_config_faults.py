@@ -244,7 +244,7 @@ def test_every_shipped_config_still_loads():
             continue  # other schemas (scripts/benchmark.py and caption.py, the published tables)
         if relative in ("mini/lab.yaml", "mini/lab_photos.yaml", "mini/world.yaml"):
             load_config(LabConfig, [path], ["data_dir=d"])
-        elif relative == "mini/world_seed1.yaml":  # applied after world.yaml
+        elif relative in ("mini/world_seed1.yaml", "mini/world_vprior.yaml"):  # applied after world.yaml
             load_config(LabConfig, [REPO / "configs/mini/world.yaml", path])
         elif relative in ("mini/base.yaml", "mini/world_base.yaml"):
             load_config(MiniBaseConfig, [path], ["data_dir=d"])
