@@ -1,7 +1,5 @@
 """Where the time of a `colordiff colorize-video` run goes, stage by stage: the run is profiled (cProfile) and the
-time spent in each stage's function is printed per frame, for per-frame colorizing and for keyframes + flow. The runs
-are profiled with `io_threads=false` (reading and writing on the main thread, where cProfile sees them), so their
-totals are those of a run without the reading and writing threads.
+time spent in each stage's function is printed per frame, for per-frame colorizing and for keyframes + flow.
 
     python scripts/video_costs.py FRAMES_DIR [--model DIR] [--resolution 256] [--steps 10] [--count 48]
 
@@ -78,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
             profiler.enable()
             status = colordiff(["colorize-video", str(clip), "-o", str(work / mode), "--model", model, "--temporal",
                                 mode, "--steps", str(args.steps), "--resolution", str(args.resolution), "--device",
-                                "cpu", f"output.frame_rate={args.fps}", "io_threads=false"])
+                                "cpu", f"output.frame_rate={args.fps}"])
             profiler.disable()
             seconds = time.perf_counter() - start
             if status != 0:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from colordiff.cli import main
 from colordiff.color import rgb_to_luminance
-from colordiff.video.io import VideoReadError, write_display_matrix
+from colordiff.video.io import write_display_matrix
 from colordiff.video.synthetic import camera_frames, write_clip
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -245,10 +245,6 @@ def test_frames_folder_in_frames_folder_out(tmp_path, tiny_model_dir):
     for k, frame in enumerate(frames):
         out = np.asarray(Image.open(tmp_path / "out" / "reel" / f"reel_{k + 1}.png"))
         assert np.abs(_L(out) - _L(frame)).max() < 1.0
-    # reading and writing on the main thread (io_threads=false) writes the same files, byte for byte
-    assert _colorize([folder], tmp_path / "one_thread", tiny_model_dir, "io_threads=false") == 0
-    for name in names:
-        assert (tmp_path / "one_thread" / "reel" / name).read_bytes() == (tmp_path / "out" / "reel" / name).read_bytes()
 
 
 def test_evaluate_video_with_ground_truth_writes_json(pan, tmp_path, tiny_model_dir, capsys):
@@ -307,69 +303,6 @@ def test_png_frames_are_written_at_the_chosen_compression_and_decode_the_same(tm
         assert np.array_equal(np.asarray(Image.open(written)), rgb)  # lossless at any level
         sizes[level] = written.stat().st_size
     assert sizes[0] > 1.5 * sizes[9]  # level 0 stores, level 9 compresses: the setting reaches the encoder
-
-
-def test_read_ahead_keeps_order_raises_in_place_and_stops_its_thread_when_closed():
-    import itertools
-    import threading
-
-    from colordiff.video.io import read_ahead
-
-    assert list(read_ahead(range(50), depth=2)) == list(range(50))
-
-    def failing():
-        yield from range(3)
-        raise VideoReadError(Path("f_4.png"), "truncated")
-
-    got = []
-    with pytest.raises(VideoReadError, match="f_4.png: truncated"):
-        for item in read_ahead(failing()):
-            got.append(item)
-    assert got == [0, 1, 2]  # every item before the failure arrives first
-
-    produced = []
-    endless = read_ahead(produced.append(k) or k for k in itertools.count())
-    assert [next(endless) for _ in range(3)] == [0, 1, 2]
-    endless.close()  # the consumer stops early: the thread ends, at most `depth` + 1 items beyond
-    assert not any(t.name == "colordiff-read-ahead" for t in threading.enumerate())
-    assert len(produced) <= 3 + 3
-
-
-def test_chunk_writer_writes_on_its_thread_in_order_and_raises_its_errors(tmp_path):
-    """Frames are encoded on the writer's own thread: every frame lands, in order, with its own content (H.264 and
-    PNG); an encoder's failure is raised to the caller by a later write or by close, not lost on the thread."""
-    import av
-
-    from colordiff.video.config import OutputSettings
-    from colordiff.video.encode import ChunkWriter, plan_encoding
-    from colordiff.video.io import ClipInfo
-
-    frames = [np.full((32, 48, 3), 20 + 40 * k, np.uint8) for k in range(6)]  # each frame its own gray level
-    names = [f"f{k}.png" for k in range(6)]
-    info = ClipInfo(tmp_path, "frames", 48, 32, Fraction(1, 25), Fraction(25), 6, frame_names=names)
-    writer = ChunkWriter(tmp_path / "png", info, plan_encoding(info, OutputSettings()), 0)
-    for k, rgb in enumerate(frames):
-        writer.write(k, rgb)
-    writer.close()
-    assert [np.asarray(Image.open(tmp_path / "png" / n))[0, 0, 0] for n in names] == [20 + 40 * k for k in range(6)]
-
-    video = ClipInfo(tmp_path / "in.mp4", "mp4", 48, 32, Fraction(1, 25), Fraction(25), 6)
-    writer = ChunkWriter(tmp_path / "chunk.nut", video, plan_encoding(video, OutputSettings(crf=0)), 0)
-    for k, rgb in enumerate(frames):
-        writer.write(k, rgb)
-    writer.close()
-    with av.open(str(tmp_path / "chunk.nut")) as container:
-        decoded = [(f.time, f.to_ndarray(format="gray")[16, 24]) for f in container.decode(video=0)]
-    assert [round(time * 25) for time, _ in decoded] == list(range(6))  # in order, at their timestamps
-    assert all(abs(int(level) - (20 + 40 * k)) <= 3 for k, (_, level) in enumerate(decoded))
-
-    writer = ChunkWriter(tmp_path / "gone", info, plan_encoding(info, OutputSettings()), 0)
-    (tmp_path / "gone").rmdir()  # the chunk's folder vanishes: the thread's save fails
-    with pytest.raises(FileNotFoundError):
-        for k, rgb in enumerate(frames):
-            writer.write(k, rgb)
-        writer.close()
-    writer.abort()
 
 
 def test_video_costs_script_splits_a_run_into_its_stages(tmp_path, tiny_model_dir, capsys):

@@ -86,9 +86,6 @@ class VideoConfig(ColorizeConfig):
     flow: FlowSettings = field(default_factory=FlowSettings)
     smoothing: SmoothingSettings = field(default_factory=SmoothingSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
-    # frames are read, analysed (exact L, grid luma) and written on threads of their own beside the model's work;
-    # false: everything on one thread (scripts/video_costs.py profiles each stage so)
-    io_threads: bool = True
 
     def config_checks(self):
         if self.num_samples != 1:

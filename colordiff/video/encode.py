@@ -9,9 +9,7 @@ same packets as an uninterrupted one. H.264 runs without B-frames: timestamps th
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,19 +55,11 @@ def plan_encoding(info: ClipInfo, settings) -> Encoding:
 
 
 class ChunkWriter:
-    """One shot's frames, encoded into `path` (a temp name the caller renames when the shot is whole).
+    """One shot's frames, encoded into `path` (a temp name the caller renames when the shot is whole)."""
 
-    With `threaded`, frames are encoded and written on one thread of its own, in order, while the caller works on the
-    next ones (PNG's zlib and the codecs run outside the GIL); at most PENDING frames wait, and an encoder's error is
-    raised by a later write or by close."""
-
-    PENDING = 2
-
-    def __init__(self, path: Path, info: ClipInfo, encoding: Encoding, first_index: int, threaded: bool = True):
+    def __init__(self, path: Path, info: ClipInfo, encoding: Encoding, first_index: int):
         self.path, self.info, self.encoding, self.index = path, info, encoding, first_index
         self.container = self.stream = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="colordiff-chunk-writer") if threaded else None
-        self._pending: deque[Future] = deque()
         if encoding.kind == "frames":
             path.mkdir(parents=True, exist_ok=True)
             return
@@ -86,48 +76,25 @@ class ChunkWriter:
         self.stream = stream
 
     def write(self, pts: int, rgb: np.ndarray) -> None:
-        """Add the next frame: (H, W, 3) uint8 RGB at timestamp pts (the input's time base); the caller must not
-        change `rgb` afterwards."""
+        """Add the next frame: (H, W, 3) uint8 RGB at timestamp pts (the input's time base)."""
         if self.container is None:
             name = self.info.frame_names[self.index] if self.info.frame_names else f"frame_{self.index + 1:06d}.png"
-            work, args = self._save_png, (self.path / (Path(name).stem + ".png"), rgb)
+            PIL.Image.fromarray(rgb).save(self.path / (Path(name).stem + ".png"), format="PNG",
+                                          compress_level=int(self.encoding.options["compress_level"]))
         else:
-            work, args = self._encode, (pts, rgb)
+            import av
+
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts, frame.time_base = pts, self.info.time_base
+            self.container.mux(self.stream.encode(frame))
         self.index += 1
-        if self._thread is None:
-            work(*args)
-            return
-        self._pending.append(self._thread.submit(work, *args))
-        while len(self._pending) > self.PENDING:
-            self._pending.popleft().result()
-
-    def _save_png(self, path: Path, rgb: np.ndarray) -> None:
-        PIL.Image.fromarray(rgb).save(path, format="PNG", compress_level=int(self.encoding.options["compress_level"]))
-
-    def _encode(self, pts: int, rgb: np.ndarray) -> None:
-        import av
-
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame.pts, frame.time_base = pts, self.info.time_base
-        self.container.mux(self.stream.encode(frame))
 
     def close(self) -> None:
-        """Every frame written and the encoder flushed; the chunk is whole."""
-        try:
-            while self._pending:
-                self._pending.popleft().result()
-        finally:
-            if self._thread is not None:
-                self._thread.shutdown(wait=True)
         if self.container is not None:
             self.container.mux(self.stream.encode(None))  # flush the encoder
             self.container.close()
 
     def abort(self) -> None:
-        """Stop: frames not yet encoded are dropped (the chunk is discarded)."""
-        if self._thread is not None:
-            self._thread.shutdown(wait=True, cancel_futures=True)  # the frame being encoded finishes first
-        self._pending.clear()
         if self.container is not None:
             try:
                 self.container.close()

@@ -8,15 +8,12 @@ numbers in the names. Every failure is a VideoReadError of one line naming the f
 from __future__ import annotations
 
 import os
-import queue
 import re
 import struct
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
@@ -92,51 +89,6 @@ def open_clip(path: Path, frame_rate: float = 25.0) -> tuple[ClipInfo, Iterator[
     if path.is_dir():
         return _open_frames(path, frame_rate)
     return _open_video(path)
-
-
-T = TypeVar("T")
-
-
-def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """`items` in order, produced on a thread of their own up to `depth` ahead of the consumer (decoding and the
-    per-frame analysis overlap the model's work; zlib, the codecs and torch run outside the GIL). An error raised
-    while producing is raised here at its place in the sequence; closing this iterator stops and joins the thread,
-    after which `items` may be closed."""
-    done = object()
-    slots: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put((item, None)):
-                    return
-            put((done, None))
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
-            put((done, err))
-
-    thread = threading.Thread(target=produce, name="colordiff-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = slots.get()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _open_frames(folder: Path, frame_rate: float) -> tuple[ClipInfo, Iterator[Frame]]:

@@ -40,7 +40,7 @@ from colordiff.images import Luminance
 from colordiff.io import atomic_folder, atomic_write
 from colordiff.video.encode import FORMAT_SUFFIX, ChunkWriter, assemble, plan_encoding
 from colordiff.video.flow import make_flow
-from colordiff.video.io import CONTAINERS, VIDEO_SUFFIXES, VideoReadError, is_frames_folder, open_clip, read_ahead
+from colordiff.video.io import CONTAINERS, VIDEO_SUFFIXES, VideoReadError, is_frames_folder, open_clip
 from colordiff.video.propagate import FlowShot, PerFrameShot, analyse
 from colordiff.video.shots import CutDetector
 
@@ -186,10 +186,6 @@ def colorize_clip(clip: Clip, colorizer: FrameColorizer, flow, config, bar) -> N
     bar.update(min(resume, info.frames or resume))
     bar.refresh()
     detector, shot, writer, count, seen = CutDetector(config.shots), None, None, 0, 0
-    # frames are read and analysed (exact L, grid luma) on a thread of their own while the shot works
-    items = (None if frame.index < resume else analyse(frame.index, frame.pts, frame.rgb, config.flow.grid)
-             for frame in frames)
-    items = read_ahead(items) if config.io_threads else items
 
     def close_shot():
         nonlocal count, writer
@@ -201,10 +197,11 @@ def colorize_clip(clip: Clip, colorizer: FrameColorizer, flow, config, bar) -> N
         writer = None
 
     try:
-        for item in items:
+        for frame in frames:
             seen += 1
-            if item is None:  # finished by the run that was killed
+            if frame.index < resume:
                 continue
+            item = analyse(frame.index, frame.pts, frame.rgb, config.flow.grid)
             if detector(item.gray):
                 if shot is not None:
                     close_shot()
@@ -212,7 +209,7 @@ def colorize_clip(clip: Clip, colorizer: FrameColorizer, flow, config, bar) -> N
                 seed = sample_seed(config.seed, clip.relative, k)
                 shot = (FlowShot(colorizer.keyframe(seed), flow, config) if flow is not None
                         else PerFrameShot(colorizer.frames(seed), config.batch_size))
-                writer, count = _start_chunk(clip, k, info, encoding, item.index, config.io_threads), 0
+                writer, count = _start_chunk(clip, k, info, encoding, frame.index), 0
             for _, pts, rgb in shot.push(item):
                 writer.write(pts, rgb)
                 count += 1
@@ -224,8 +221,7 @@ def colorize_clip(clip: Clip, colorizer: FrameColorizer, flow, config, bar) -> N
             writer.abort()
         raise
     finally:
-        items.close()  # the reading thread ends first,
-        frames.close()  # then the input's decoder
+        frames.close()  # the input's decoder too
     if seen == 0:
         raise VideoReadError(clip.source, "no frames")
     _assemble(clip, manifest, info, encoding)
@@ -259,11 +255,11 @@ def _chunk_path(clip: Clip, k: int, kind: str) -> Path:
     return clip.parts / (f"shot_{k:06d}" if kind == "frames" else f"shot_{k:06d}.nut")
 
 
-def _start_chunk(clip: Clip, k: int, info, encoding, first: int, threaded: bool) -> ChunkWriter:
+def _start_chunk(clip: Clip, k: int, info, encoding, first: int) -> ChunkWriter:
     final = _chunk_path(clip, k, encoding.kind)
     partial = final.with_name(final.name + ".partial")  # what a killed run left of this shot is overwritten
     shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
-    return ChunkWriter(partial, info, encoding, first, threaded)
+    return ChunkWriter(partial, info, encoding, first)
 
 
 def _finish_chunk(clip: Clip, manifest: dict, writer: ChunkWriter, count: int) -> None:
