@@ -15,13 +15,15 @@ from colordiff.errors import UsageError
 CAPTION_KEYS = ("caption_gray", "caption")  # scripts/caption.py's gray caption; "caption" for hand-written files
 
 
-def load_captions(path: str) -> dict[str, str]:
+def load_captions(path: str, key: str = "caption_gray") -> dict[str, str]:
     """{normalised "path": caption} from a JSONL file, one JSON object a line (blank lines skipped).
 
     The format scripts/caption.py writes: `{"path": ..., "caption_gray": ..., ...}`; other keys are ignored and
-    "caption" is accepted in place of "caption_gray". Anything else (bad JSON, no "path", no caption, a caption that is
-    not a string, two different captions for one path) is a usage error naming FILE:LINE, before any image is read.
+    "caption" is accepted in place of "caption_gray". Another `key` (e.g. "caption_color", the Des_c a model was
+    trained on) reads that key alone. Anything else (bad JSON, no "path", no caption, a caption that is not a
+    string, two different captions for one path) is a usage error naming FILE:LINE, before any image is read.
     """
+    keys = CAPTION_KEYS if key == CAPTION_KEYS[0] else (key,)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -41,9 +43,10 @@ def load_captions(path: str) -> dict[str, str]:
         key = record.get("path")
         if not isinstance(key, str) or not key.strip():
             raise UsageError(f'{where}: no "path" string')
-        present = [k for k in CAPTION_KEYS if k in record]
+        present = [k for k in keys if k in record]
         if not present:
-            raise UsageError(f'{where}: no "caption_gray" (or "caption") for {key}')
+            wanted = '"caption_gray" (or "caption")' if len(keys) > 1 else f'"{keys[0]}"'
+            raise UsageError(f"{where}: no {wanted} for {key}")
         for name in present:
             if not isinstance(record[name], str):
                 raise UsageError(f'{where}: "{name}" must be a string, got {json.dumps(record[name])}')

@@ -50,6 +50,9 @@ def _colorize_parser(commands) -> None:
     p.add_argument("--captions", metavar="FILE",
                    help="JSONL of per-image captions (as scripts/caption.py writes; \"caption_gray\" or "
                    "\"caption\" per \"path\") used as the caption prior instead of a captioner (default: none)")
+    p.add_argument("--caption-key", dest="caption_key", metavar="KEY",
+                   help=f"which caption of each --captions line, e.g. caption_color for a model trained on Des_c "
+                   f"{default_text(d.caption_key)}")
 
 
 def _init_parser(commands) -> None:

@@ -54,6 +54,9 @@ class ColorizeConfig:
     save_priors: bool = False  # write OUT/<name>.priors.json per input: caption, category, prompt, instances
     priors_config: str | None = None  # YAML naming the prior generators; None: the model's semantic_priors.yaml
     captions: str | None = None  # JSONL of per-image captions (scripts/caption.py's format) used instead of a captioner
+    # which caption of each --captions line: caption_gray (Des_g, or "caption"), or another key such as
+    # caption_color (Des_c) for a model trained on it
+    caption_key: str = "caption_gray"
     # full-size pixels read and held at once; a larger image runs alone
     pixels_in_flight: int = field(default=32_000_000, metadata={"min": 1})
 
@@ -158,7 +161,7 @@ def _read_captions(config: ColorizeConfig) -> dict[str, str] | None:
     if config.prompt is not None:
         raise UsageError("--prompt and --captions both give the text; pass one")
     priors_beside_captions(config.priors)  # --priors none (or without caption) + --captions: fail now
-    return load_captions(config.captions)
+    return load_captions(config.captions, config.caption_key)
 
 
 def _summary(tally: Tally, status: int, state) -> str:

@@ -72,6 +72,17 @@ def test_captions_file_sets_the_prompt_like_the_same_prompt(photos, tmp_path, ti
     assert np.abs(_pixels(out / "a.png") - _pixels(plain / "a.png")).max() > 2  # the caption did change the result
 
 
+def test_caption_key_reads_the_color_caption(photos, tmp_path, tiny_model_dir):
+    """--caption-key caption_color: each line's Des_c becomes the caption (a model trained on Des_c), not Des_g."""
+    captions = _write_jsonl(tmp_path / "captions.jsonl", [
+        {"path": "a.png", "caption_gray": "a barn in the snow", "caption_color": "a red barn in the white snow"}])
+    out = tmp_path / "out"
+    assert main(["colorize", str(photos / "a.png"), "-o", str(out), "--model", str(tiny_model_dir), *FAST,
+                 "--captions", str(captions), "--caption-key", "caption_color", "--save-priors"]) == 0
+    data = _sidecar(out / "a.priors.json")
+    assert data["caption"] == data["prompt"] == "a red barn in the white snow"
+
+
 @pytest.fixture(scope="module")
 def generators(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("generators")
@@ -147,6 +158,7 @@ GOOD = json.dumps({"path": "a.png", "caption": "a cat"})
     (['["b.png", "a dog"]'], [], "captions.jsonl:1: expected a JSON object, got list"),
     ([GOOD, '{"path": "./a.png", "caption": "a dog"}'], [], "captions.jsonl:2: a different caption for a.png than "
                                                             "on line 1"),
+    ([GOOD], ["--caption-key", "caption_color"], 'captions.jsonl:1: no "caption_color" for a.png'),
     ([], [], "holds no captions"),
     ([GOOD], ["--prompt", "a cat"], "--prompt and --captions both give the text"),
     ([GOOD], ["--priors", "none"], "--captions gives the caption prior, but priors='none' leaves it out"),
