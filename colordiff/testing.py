@@ -5,6 +5,8 @@ They go through the same `save_pretrained` / `from_pretrained` code that real we
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -64,19 +66,44 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
         )
 
 
-def tiny_tokenizer() -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer with no merges (one token per character): real tokenizer code, no download."""
+def tiny_tokenizer(words: Iterable[str] = ()) -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer: real tokenizer code, no download. One token per character, and for each of
+    `words` (ASCII letters, two or more) one whole-word token, built from its characters by BPE merges, as CLIP's own
+    vocabulary holds whole tokens for common words. Any other word is still spelled out in characters."""
     alphabet = sorted(ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TINY_MAX_TOKENS)
+    chars = {c: i for i, c in enumerate(alphabet)}
+    chars.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
+    order = sorted({w.lower() for w in words if len(w) > 1 and w.isascii() and w.isalpha()}, key=lambda w: (-len(w), w))
+    for _ in range(len(order) + 1):
+        vocab, merges = dict(chars), []
+        for word in order:  # each word's merges build it left to right from its first character
+            prefix = word[0]
+            for part in [*word[1:-1], word[-1] + "</w>"]:
+                if prefix + part not in vocab:
+                    merges.append((prefix, part))
+                    vocab[prefix + part] = len(vocab)
+                prefix += part
+        vocab["<|startoftext|>"] = len(vocab)
+        vocab["<|endoftext|>"] = len(vocab)
+        tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TINY_MAX_TOKENS)
+        # BPE applies the lowest-ranked merge anywhere in a word, so one word's merges can split another that
+        # contains their pair ("tr" of "triangle" inside "striped"): those words' merges move to the front
+        split = [w for w in order if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
+        if not split:
+            break
+        order = split + [w for w in order if w not in split]
+    return tokenizer
 
 
-def tiny_text_encoder(seed: int = 0) -> CLIPTextModel:
-    """A two-layer CLIP text encoder matching `tiny_tokenizer`'s vocabulary."""
-    vocab_size = len(tiny_tokenizer())
+def caption_words(texts: Iterable[str]) -> list[str]:
+    """The distinct words (runs of letters, lowercased) of `texts`, sorted."""
+    return sorted({w for text in texts for w in re.findall(r"[a-z]+", text.lower())})
+
+
+def tiny_text_encoder(seed: int = 0, vocab_size: int | None = None) -> CLIPTextModel:
+    """A two-layer CLIP text encoder for `tiny_tokenizer`'s vocabulary (of `vocab_size` tokens; None: without
+    words)."""
+    vocab_size = vocab_size or len(tiny_tokenizer())
     config = CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=TINY_TEXT_DIM,

@@ -122,3 +122,38 @@ def test_a_v_prediction_prior_trains_on_the_velocity_and_says_so(tmp_path, monke
     assert not (tmp_path / "refused.progress").exists()
     with pytest.raises(ValueError, match="unet_prediction_type must be one of"):
         load_config(MiniBaseConfig, [], [f"data_dir={photos}", "unet_prediction_type=sample"])
+
+
+def test_word_tokens_give_each_caption_word_one_token_in_the_saved_base(tmp_path):
+    """word_tokens: the base's tokenizer (saved with it, read back as every recipe reads it) holds one token per word
+    of the training captions, its text encoder one embedding per token; without it, one token per character."""
+    import json
+
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    photos = tmp_path / "photos"
+    prepare_world(photos, 6, 1, 0, 1000, 16)
+    config = _config(photos, tmp_path / "words")
+    config.captions, config.word_tokens = str(photos / "captions.jsonl"), True
+    make_mini_base(config, log=lambda *_: None)
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "words", subfolder="tokenizer")
+    encoder = CLIPTextModel.from_pretrained(tmp_path / "words", subfolder="text_encoder")
+    assert encoder.config.vocab_size == len(tokenizer)
+    report = json.loads((tmp_path / "words" / "base_report.json").read_text())
+    assert report["text_tokens"] == len(tokenizer)
+    caption = json.loads((photos / "captions.jsonl").read_text().splitlines()[0])["caption_color"]
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(caption, add_special_tokens=False).input_ids)
+    assert tokens == [w + "</w>" for w in caption.replace(",", " ,").split()]  # "purple</w>", not "p", "u", ...
+    assert len(tokenizer("a greenish dog", add_special_tokens=False).input_ids) > 3  # unseen words: characters
+
+
+def test_tiny_tokenizer_merges_every_word_whole_even_where_words_overlap():
+    from colordiff.testing import caption_words, tiny_tokenizer
+
+    words = caption_words(["A striped triangle, a green, red star; stars and tar."])
+    assert words == ["a", "and", "green", "red", "star", "stars", "striped", "tar", "triangle"]
+    tokenizer = tiny_tokenizer(words)
+    for word in words:  # "tr" of "triangle" must not split "striped", nor "re" of "red" split "green"
+        assert tokenizer.convert_ids_to_tokens(tokenizer(word, add_special_tokens=False).input_ids) == [word + "</w>"]
+    plain = tiny_tokenizer()
+    assert len(plain("red", add_special_tokens=False).input_ids) == 3 and len(tokenizer) > len(plain)

@@ -58,6 +58,26 @@ def test_scenes_are_seeded_and_follow_the_color_rules():
         assert max(values) - min(values) > 20, label
 
 
+def test_every_object_stands_out_from_what_it_covers_in_the_gray_input():
+    # a shape that matches its surround in L is invisible in the gray input: each object differs by >= MIN_CONTRAST
+    # from the regions it covers, so few border pixels lie within 6 L units of the object (texture and gamut aside)
+    from scipy import ndimage
+
+    rng, shares = np.random.default_rng(1), []
+    for _ in range(40):
+        scene = make_scene(rng, 64)
+        lightness = _lab(scene.rgb)[0].numpy()
+        for index in range(2, len(scene.labels)):
+            mask = scene.instances == index
+            if mask.sum() < 20:
+                continue
+            border = ndimage.binary_dilation(mask) & ~mask
+            shares.append(float((np.abs(lightness[border] - lightness[mask].mean()) < 6).mean()))
+    shares = np.asarray(shares)
+    assert len(shares) > 60
+    assert shares.mean() < 0.15 and (shares > 0.5).mean() < 0.06  # drawn at random: 0.26 and 0.22
+
+
 def test_captions_carry_the_ring_color_only_in_the_color_caption(tmp_path):
     records = write_world(tmp_path / "img", tmp_path / "meta", 40, 3, 48)
     rings = [r for r in records if any(i["label"] == "ring" for i in r["instances"])]
@@ -67,6 +87,8 @@ def test_captions_carry_the_ring_color_only_in_the_color_caption(tmp_path):
         assert all(c in record["caption_color"] for c in colors)
         assert not any(c in record["caption_gray"].split() for c in colors | {"purple", "orange"})
     assert {i["color"] for r in rings for i in r["instances"] if i["label"] == "ring"} == set(RING_HUES)
+    # one ring color per scene, so that the caption says the color of every ring in it
+    assert all(len({i["color"] for i in r["instances"] if i["label"] == "ring"}) == 1 for r in rings)
     # the written files: one instance map per image with the ids of the record, and the JSONL read back
     assert read_world(tmp_path / "meta") == {r["path"]: r for r in records}
     ids = read_instances(tmp_path / "meta", records[0]["path"])
@@ -88,7 +110,7 @@ def test_exact_priors_hold_the_visible_objects(tmp_path):
 
 def test_balanced_hue_accuracy_scores_truth_one_gray_zero_and_one_color_its_sectors():
     rng = np.random.default_rng(0)
-    scenes = [make_scene(rng, 64) for _ in range(8)]
+    scenes = [make_scene(rng, 64) for _ in range(16)]
     gt = M.as_uint8_batch(np.stack([s.rgb for s in scenes]))
     counts = hue.hue_sector_counts(gt, gt)
     assert hue.balanced_hue_accuracy(counts.sum(0)) == 1.0

@@ -31,7 +31,7 @@ from colordiff.color import rgb_to_gray, rgb_to_lab
 from colordiff.config import check_settings, setting
 from colordiff.io import atomic_folder, atomic_write
 from colordiff.mini.photos import list_photos, load_photo, random_crops
-from colordiff.testing import TINY_TEXT_DIM, tiny_scheduler, tiny_text_encoder, tiny_tokenizer
+from colordiff.testing import TINY_TEXT_DIM, caption_words, tiny_scheduler, tiny_text_encoder, tiny_tokenizer
 from colordiff.training.config import PREDICTION_TYPES, NoiseScheduleConfig, schedule_settings
 
 
@@ -68,6 +68,9 @@ class MiniBaseConfig:
     # U-Net pretraining as a text-to-image model on the photos (the prior SD1.5 brings; 0 steps: left random)
     captions: str | None = None  # JSONL with "path" (file name) and `caption_key` per photo; None: empty text
     caption_key: str = "caption_color"
+    # one token per word of the training captions (as SD's CLIP has for common words); False: one per character,
+    # which leaves a 32-d random text encoder to spell every word out (a color word is 4-6 tokens among ~60)
+    word_tokens: bool = False
     unet_pretrain_steps: int = 0
     unet_crop: int = 64
     unet_batch_size: int = 16
@@ -354,11 +357,14 @@ def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
     torch.manual_seed(config.seed)
     unet = build_unet(config)
     report["unet_parameters"] = sum(p.numel() for p in unet.parameters())
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=tiny_text_encoder(config.seed), tokenizer=tiny_tokenizer(),
-                                   unet=unet, scheduler=prior_scheduler(config), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    texts = photo_texts(train_files, config)
+    tokenizer = tiny_tokenizer(caption_words(texts) if config.word_tokens else ())
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=tiny_text_encoder(config.seed, len(tokenizer)),
+                                   tokenizer=tokenizer, unet=unet, scheduler=prior_scheduler(config),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    report["text_tokens"] = len(tokenizer)
     begin = time.time()
-    pretrain_unet(pipe, train, photo_texts(train_files, config), config, log, progress / "unet.safetensors")
+    pretrain_unet(pipe, train, texts, config, log, progress / "unet.safetensors")
     report.update(unet_pretrain_steps=config.unet_pretrain_steps, unet_seconds=time.time() - begin)
     with atomic_folder(out) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
