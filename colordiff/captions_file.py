@@ -40,23 +40,23 @@ def load_captions(path: str, key: str = "caption_gray") -> dict[str, str]:
             raise UsageError(f"{where}: not valid JSON ({err.msg}, column {err.colno})") from None
         if not isinstance(record, dict):
             raise UsageError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        key = record.get("path")
-        if not isinstance(key, str) or not key.strip():
+        photo = record.get("path")
+        if not isinstance(photo, str) or not photo.strip():
             raise UsageError(f'{where}: no "path" string')
         present = [k for k in keys if k in record]
         if not present:
             wanted = '"caption_gray" (or "caption")' if len(keys) > 1 else f'"{keys[0]}"'
-            raise UsageError(f"{where}: no {wanted} for {key}")
+            raise UsageError(f"{where}: no {wanted} for {photo}")
         for name in present:
             if not isinstance(record[name], str):
                 raise UsageError(f'{where}: "{name}" must be a string, got {json.dumps(record[name])}')
         if len({record[k] for k in present}) > 1:
             raise UsageError(f'{where}: "caption_gray" and "caption" differ; give one')
-        key, caption = _caption_key(key), record[present[0]]
-        if captions.get(key, caption) != caption:
-            raise UsageError(f"{where}: a different caption for {key} than on line {first_line[key]}")
-        captions[key] = caption
-        first_line.setdefault(key, number)
+        photo, caption = _caption_key(photo), record[present[0]]
+        if captions.get(photo, caption) != caption:
+            raise UsageError(f"{where}: a different caption for {photo} than on line {first_line[photo]}")
+        captions[photo] = caption
+        first_line.setdefault(photo, number)
     if not captions:
         raise UsageError(f"captions file {path} holds no captions")
     return captions

@@ -145,7 +145,7 @@ def make_scene(rng: np.random.Generator, size: int) -> Scene:
                    for i in np.unique(before[k][visible]).tolist()]
         levels[2 + k] = _contrasting_lightness(rng, covered)
         shade = levels[2 + k] + rng.uniform(-6, 6) * (y - size / 2) / size  # a little shading
-        lab = np.where((instances == 2 + k)[..., None], _lab_of(hue, chroma, shade), lab)
+        lab = np.where(visible[..., None], _lab_of(hue, chroma, shade), lab)
         labels.append(shape)
         colors.append(color)
     rgb = lab_to_rgb(torch.from_numpy(lab.astype(np.float32)).permute(2, 0, 1), clip=True)  # (3, H, W)
