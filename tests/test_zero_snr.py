@@ -2,6 +2,7 @@
 exported scheduler and network configs, the config check, and model folders saved before the setting existed."""
 
 import json
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -164,8 +165,32 @@ def _seada_stage(stage: int, source: Path, out: Path, extra: list[Path], **overr
     return main(config)
 
 
+def _v_prediction_seada(path: Path) -> None:
+    """An untrained tiny SeAda model over a base whose U-Net predicts v on a zero-terminal-SNR schedule."""
+    pipe = tiny_seada_pipeline()
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction",
+                                               rescale_betas_zero_snr=True)
+    pipe.control.register_to_config(prediction_type="v_prediction")
+    pipe.save_pretrained(path, safe_serialization=True)
+
+
+def test_seada_stage0_warns_when_its_target_is_not_what_its_frozen_unet_predicts(tmp_path, fresh_accelerate):
+    tiny_seada_pipeline().save_pretrained(tmp_path / "eps", safe_serialization=True)
+    _v_prediction_seada(tmp_path / "v")
+    zero_snr = [REPO / "configs" / "seada" / "zero_snr.yaml"]
+    with pytest.warns(UserWarning, match=r"its U-Net predicts epsilon and stays frozen .* learn "
+                                         r"prediction_type=v_prediction"):
+        _seada_stage(0, tmp_path / "eps", tmp_path / "a", zero_snr, validation_images=[])
+    with pytest.warns(UserWarning, match=r"its U-Net predicts v_prediction .* prediction_type=epsilon"):
+        _seada_stage(0, tmp_path / "v", tmp_path / "b", [], validation_images=[])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _seada_stage(0, tmp_path / "v", tmp_path / "c", zero_snr, validation_images=[])
+    assert not [w for w in caught if "stays frozen" in str(w.message)]
+
+
 def test_tiny_seada_stage_exports_its_schedule_and_the_next_stage_keeps_it(tmp_path, fresh_accelerate):
-    tiny_seada_pipeline().save_pretrained(tmp_path / "init", safe_serialization=True)
+    _v_prediction_seada(tmp_path / "init")
     zero_snr = [REPO / "configs" / "seada" / "zero_snr.yaml"]
     model = _seada_stage(0, tmp_path / "init", tmp_path / "stage0", zero_snr)
     assert (tmp_path / "stage0" / "validation" / "step-0000001.png").is_file()

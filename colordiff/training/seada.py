@@ -10,6 +10,7 @@ Each stage after 0 starts from the previous stage's model folder (`pretrained_mo
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from colordiff.devices import mixed_precision_dtype
 from colordiff.errors import UsageError
 from colordiff.models.semantic_adapter import reconstruction_loss
 from colordiff.pipelines.seada_pipeline import SeAdaPipeline
+from colordiff.schedulers import scheduler_prediction_type
 from colordiff.training.common import (
     build_dataset,
     how_trained,
@@ -134,6 +136,19 @@ def check_same_schedule(config: TrainSeAdaConfig, pipe: SeAdaPipeline) -> None:
                          "(give every stage the same settings, e.g. --config configs/seada/zero_snr.yaml)")
 
 
+def check_frozen_prediction_type(config: TrainSeAdaConfig, pipe: SeAdaPipeline) -> None:
+    """Stage 0 over a base: warns when the stages are to learn another target than the frozen U-Net predicts (its
+    scheduler's prediction_type). The control model's residuals add to that U-Net's features, so they must turn its
+    whole prediction into the other target (on the color-rule world the stages learned with the v target over a v
+    prior; a target unlike the prior's is not measured)."""
+    frozen = scheduler_prediction_type(pipe.scheduler)
+    if frozen != config.prediction_type:
+        warnings.warn(f"{config.pretrained_model_name_or_path}: its U-Net predicts {frozen} and stays frozen in every "
+                      f"SeAda stage, but the stages learn prediction_type={config.prediction_type}: the control model "
+                      f"has to turn the frozen prediction into the other target (prediction_type={frozen} matches it)",
+                      UserWarning, stacklevel=2)
+
+
 class ColorCaptions(Dataset):
     """Adds Des_c ("text_color") from the caption cache to each training example; Des_g is "text"."""
 
@@ -175,6 +190,8 @@ class SeAdaTask:
             self.lambda_r = 0.0  # part (b) switched off: no L_r
         if config.stage > 0:
             check_same_schedule(config, pipe)
+        else:
+            check_frozen_prediction_type(config, pipe)
         self.noise_scheduler, self.scheduler = noise_schedulers(config, pipe.scheduler)
         # the network records what it predicts: a pipeline refuses a scheduler set for another prediction type
         pipe.control.register_to_config(prediction_type=self.noise_scheduler.config.prediction_type)
