@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,10 @@ class TrainUNetConfig(LoraSettings, NoiseScheduleConfig, TrainConfig):
     # learning rate of the 1x1 fuse conv of 000 Eq.1 (None: learning_rate). Its z_c half starts at zero and Adam
     # moves a weight by about the learning rate per step, so a short run at the U-Net's rate leaves the condition faint
     condition_fuse_learning_rate: float | None = setting(None, above=0)
+    # share of training examples whose z_c is masked to a random ellipse (zeros elsewhere). 000 Eq.4 feeds the U-Net
+    # z_c * M^i, the condition masked to one instance, which a U-Net trained on whole conditions has never seen.
+    # 0 (the paper): every example whole
+    condition_mask_probability: float = setting(0.0, min=0, max=1)
 
 
 class UNetTask:
@@ -89,6 +94,9 @@ class UNetTask:
         with torch.no_grad():
             latents = DiagonalGaussianDistribution(moments.float()).sample() * scale  # z ~ q(z | x) (B, 4, h, w)
             condition = gray.float() * scale  # z_c: the gray image's posterior mode, as at inference
+            if self.config.condition_mask_probability > 0:  # 000 Eq.4's z_c * M^i, seen in training
+                condition = condition * random_condition_masks(
+                    batch_size, condition.shape[-2:], self.config.condition_mask_probability, condition.device)
             drop = torch.rand(batch_size) < self.config.conditioning_dropout
             prompts = ["" if d else text for d, text in zip(drop.tolist(), batch["text"], strict=True)]
             text_embeds = self.pipe.encode_prompt(prompts).float()  # (B, L, d)
@@ -116,6 +124,24 @@ class UNetTask:
 
         return ColorDiffPipeline(vae=self.pipe.vae, unet=modules["unet"], text_encoder=self.pipe.text_encoder,
                                  tokenizer=self.pipe.tokenizer, scheduler=self.scheduler)
+
+
+def random_condition_masks(batch_size: int, size: tuple[int, int], probability: float,
+                           device: torch.device | str) -> torch.Tensor:
+    """(B, 1, h, w) in {0, 1}: ones for the examples kept whole, a random ellipse for a share `probability` of them
+    (centre anywhere on the grid, semi-axes 10-45 % of the side, any rotation; never empty: the cell under the centre
+    is always inside), so that training sees conditions masked as 000 Eq.4 masks them at inference."""
+    h, w = size
+    masked = torch.rand(batch_size, device=device) < probability  # (B,)
+    centre = torch.rand(batch_size, 2, 1, 1, device=device)  # (B, 2, 1, 1): y, x in [0, 1)
+    axes = 0.10 + 0.35 * torch.rand(batch_size, 2, 1, 1, device=device)  # (B, 2, 1, 1): semi-axes along v, u
+    angle = math.pi * torch.rand(batch_size, 1, 1, device=device)  # (B, 1, 1)
+    dy = (torch.arange(h, device=device).view(1, h, 1) + 0.5) / h - centre[:, 0]  # (B, h, 1)
+    dx = (torch.arange(w, device=device).view(1, 1, w) + 0.5) / w - centre[:, 1]  # (B, 1, w)
+    u = (dx * angle.cos() + dy * angle.sin()) / axes[:, 1]  # (B, h, w)
+    v = (dy * angle.cos() - dx * angle.sin()) / axes[:, 0]  # (B, h, w)
+    inside = (u.square() + v.square() <= 1) | ~masked.view(-1, 1, 1)  # (B, h, w)
+    return inside[:, None].float()  # (B, 1, h, w)
 
 
 def main(config: TrainUNetConfig) -> Path:
