@@ -5,7 +5,8 @@ frame before, by the forward-backward flow test `colorize-video` uses); one colu
     python scripts/video_strip.py --truth FRAMES --run per-frame=OUT1 --run flow=OUT2 --frames 184 185 186 187 \
         -o strip.jpg
 
-Frames are matched by file stem (00184.jpg in the truth, 00184.png in a run's frames folder).
+Frames are matched by the last number in their names, as `colorize-video` orders a frames folder (00184.jpg in
+the truth, 00184.png in a run's output).
 """
 
 from __future__ import annotations
@@ -20,42 +21,42 @@ from colordiff.errors import UsageError
 from colordiff.images import gray_pil
 from colordiff.video.config import FlowSettings
 from colordiff.video.flow import make_flow, occlusion_mask
+from colordiff.video.io import frame_number, numbered_frames
 
 LABEL_WIDTH = 96
 HEADER = 14  # a row of frame numbers above the tiles
 
 
-def frame_at(folder: Path, stem: str) -> Image.Image:
-    found = sorted(folder.glob(f"{stem}.*"))
-    if not found:
-        raise UsageError(f"{folder}: no frame named {stem}.*")
-    return Image.open(found[0]).convert("RGB")
+def frames_by_number(folder: Path, numbers: list[int]) -> dict[int, Image.Image]:
+    """The frames `numbers` of a frames folder, each read once."""
+    paths = {frame_number(p): p for p in numbered_frames(folder)}
+    missing = [n for n in numbers if n not in paths]
+    if missing:
+        raise UsageError(f"{folder}: no frame numbered {', '.join(map(str, missing))}")
+    return {n: Image.open(paths[n]).convert("RGB") for n in numbers}
 
 
-def occlusion_rows(truth: Path, stems: list[str], width: int, height: int) -> list[Image.Image]:
-    """The occlusion mask of each frame against the frame before it, on the luma at the strip's size."""
-    settings, flow = FlowSettings(), make_flow("dis")
-    tiles = []
-    for stem in stems:
-        previous = f"{int(stem) - 1:0{len(stem)}d}"
-        a, b = (np.asarray(gray_pil(frame_at(truth, s).resize((width, height), Image.BILINEAR)))[..., 0]
-                for s in (previous, stem))
-        mask = occlusion_mask(flow, a, b, settings.alpha, settings.beta, settings.reliable)[0]  # (h, w)
-        tiles.append(Image.fromarray((mask.numpy() * 255).astype(np.uint8)).convert("RGB"))
-    return tiles
+def occlusion_tile(before: Image.Image, frame: Image.Image, width: int, height: int, flow) -> Image.Image:
+    """The occlusion mask of a frame against the frame before it, on the luma at the strip's size."""
+    settings = FlowSettings()
+    a, b = (np.asarray(gray_pil(f.resize((width, height), Image.BILINEAR)))[..., 0] for f in (before, frame))
+    mask = occlusion_mask(flow, a, b, settings.alpha, settings.beta, settings.reliable)[0]  # (h, w)
+    return Image.fromarray((mask.numpy() * 255).astype(np.uint8)).convert("RGB")
 
 
-def make_strip(truth: Path, runs: dict[str, Path], stems: list[str], width: int) -> Image.Image:
-    first = frame_at(truth, stems[0])
+def make_strip(truth: Path, runs: dict[str, Path], numbers: list[int], width: int) -> Image.Image:
+    frames = frames_by_number(truth, sorted({*numbers, *(n - 1 for n in numbers)}))
+    first = frames[numbers[0]]
     height = round(first.height * width / first.width)
-    rows = {"gray input": [gray_pil(frame_at(truth, s)).convert("RGB") for s in stems],
-            "truth": [frame_at(truth, s) for s in stems]}
-    rows.update({name: [frame_at(folder, s) for s in stems] for name, folder in runs.items()})
-    rows["occlusion"] = occlusion_rows(truth, stems, width, height)
-    strip = Image.new("RGB", (LABEL_WIDTH + width * len(stems), HEADER + height * len(rows)), "white")
+    flow = make_flow("dis")
+    rows = {"gray input": [gray_pil(frames[n]).convert("RGB") for n in numbers],
+            "truth": [frames[n] for n in numbers]}
+    rows.update({name: list(frames_by_number(folder, numbers).values()) for name, folder in runs.items()})
+    rows["occlusion"] = [occlusion_tile(frames[n - 1], frames[n], width, height, flow) for n in numbers]
+    strip = Image.new("RGB", (LABEL_WIDTH + width * len(numbers), HEADER + height * len(rows)), "white")
     draw = ImageDraw.Draw(strip)
-    for c, stem in enumerate(stems):
-        draw.text((LABEL_WIDTH + c * width + width // 2 - 12, 1), f"frame {int(stem)}", fill="black")
+    for c, number in enumerate(numbers):
+        draw.text((LABEL_WIDTH + c * width + width // 2 - 12, 1), f"frame {number}", fill="black")
     for r, (name, tiles) in enumerate(rows.items()):
         top = HEADER + r * height
         draw.text((4, top + height // 2 - 6), name, fill="black")
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--truth", type=Path, required=True, help="folder of the color frames")
     parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR", help="a run's output frames")
-    parser.add_argument("--frames", nargs="+", required=True, help="frame stems, e.g. 00184 (or numbers)")
+    parser.add_argument("--frames", nargs="+", type=int, required=True, help="frame numbers, e.g. 184 185")
     parser.add_argument("--width", type=int, default=320, help="width of each tile in pixels")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -78,9 +79,7 @@ def main(argv: list[str] | None = None) -> Path:
         if not sep:
             raise UsageError(f"--run {item}: expected NAME=DIR")
         runs[name] = Path(folder)
-    digits = len(sorted(args.truth.iterdir())[0].stem)
-    stems = [f"{int(f):0{digits}d}" for f in args.frames]
-    strip = make_strip(args.truth, runs, stems, args.width)
+    strip = make_strip(args.truth, runs, args.frames, args.width)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     partial = args.output.with_name(f".{args.output.name}.partial{args.output.suffix}")
     strip.save(partial, quality=90)

@@ -138,8 +138,9 @@ def random_condition_masks(batch_size: int, size: tuple[int, int], probability: 
     angle = math.pi * torch.rand(batch_size, 1, 1, device=device)  # (B, 1, 1)
     dy = (torch.arange(h, device=device).view(1, h, 1) + 0.5) / h - centre[:, 0]  # (B, h, 1)
     dx = (torch.arange(w, device=device).view(1, 1, w) + 0.5) / w - centre[:, 1]  # (B, 1, w)
-    u = (dx * angle.cos() + dy * angle.sin()) / axes[:, 1]  # (B, h, w)
-    v = (dy * angle.cos() - dx * angle.sin()) / axes[:, 0]  # (B, h, w)
+    cos, sin = angle.cos(), angle.sin()
+    u = (dx * cos + dy * sin) / axes[:, 1]  # (B, h, w)
+    v = (dy * cos - dx * sin) / axes[:, 0]  # (B, h, w)
     inside = (u.square() + v.square() <= 1) | ~masked.view(-1, 1, 1)  # (B, h, w)
     return inside[:, None].float()  # (B, 1, h, w)
 

@@ -69,15 +69,16 @@ class ClipInfo:
         return round(np.degrees(np.arctan2(b / 65536, a / 65536)) * -1) if (a or b) else 0
 
 
+def frame_number(path: Path) -> int:
+    """The last number in a frame file's name, -1 when it has none: what orders a frames folder."""
+    numbers = re.findall(r"\d+", path.stem)
+    return int(numbers[-1]) if numbers else -1
+
+
 def numbered_frames(folder: Path) -> list[Path]:
     """The image files of a frames folder in the order of the last number in each name (then by name)."""
     files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
-
-    def key(p: Path):
-        numbers = re.findall(r"\d+", p.stem)
-        return (int(numbers[-1]) if numbers else -1, p.name)
-
-    return sorted(files, key=key)
+    return sorted(files, key=lambda p: (frame_number(p), p.name))
 
 
 def is_frames_folder(path: Path) -> bool:
