@@ -157,3 +157,19 @@ def test_tiny_tokenizer_merges_every_word_whole_even_where_words_overlap():
         assert tokenizer.convert_ids_to_tokens(tokenizer(word, add_special_tokens=False).input_ids) == [word + "</w>"]
     plain = tiny_tokenizer()
     assert len(plain("red", add_special_tokens=False).input_ids) == 3 and len(tokenizer) > len(plain)
+
+
+def test_vae_initial_logvar_sets_the_posterior_noise_the_vae_starts_with():
+    """vae_initial_logvar sets the log-variance half of quant_conv's bias: the posterior's noise is exp(lv / 2)."""
+    settings = dict(data_dir="x", vae_channels=[32, 32], vae_crop=16)
+    torch.manual_seed(0)
+    default = mini_base.build_vae(MiniBaseConfig(**settings))
+    torch.manual_seed(0)
+    quiet = mini_base.build_vae(MiniBaseConfig(**settings, vae_initial_logvar=-10.0))
+    assert torch.all(quiet.quant_conv.bias[4:] == -10.0)
+    assert torch.equal(quiet.quant_conv.bias[:4], default.quant_conv.bias[:4])  # the mean half is left alone
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        std = quiet.encode(x).latent_dist.std  # (1, 4, 8, 8)
+        default_std = default.encode(x).latent_dist.std
+    assert std.max() < 0.05 < default_std.min()

@@ -26,6 +26,7 @@ mean_samples: 2
 test_captions: ""
 image_size: 32
 base_overrides: ["vae_channels=[32,32]", vae_steps=4, vae_batch_size=4, vae_crop=16, "unet_channels=[32,32]",
+                 "unet_cross_attention=null",
                  unet_pretrain_steps=2, unet_crop=16, unet_batch_size=2]
 train_overrides: [max_train_steps=2, train_batch_size=2, resolution=16, checkpointing_steps=2]
 colorize_overrides: [steps=2, resolution=32]
@@ -86,6 +87,8 @@ def test_miniature_smoke_run_table_equals_evaluations_and_resumes(tmp_path):
     assert sorted(p.name for p in (work / "photos" / "train").glob("*.png")) == \
         [f"photo{i}.png" for i in (1, 2, 3, 4, 6, 7)]  # held-out and gray photos never trained on
     assert set(summary["condition_check"]) == {"eps_loss_own_condition", "eps_loss_other_condition", "ratio"}
+    assert [point["step"] for point in summary["learning_curve"]] == [2]  # a point per U-Net checkpoint
+    assert "**learning curve**" in table and 0 <= summary["learning_curve"][0]["hue_accuracy"] <= 1
 
     grid = np.asarray(Image.open(work / "grid.png"))
     heights = [Image.open(work / "photos" / "gt" / name).height for name in summary["heldout"]]

@@ -59,6 +59,9 @@ class MiniBaseConfig:
     vae_learning_rate: float = 5e-4
     vae_gray_fraction: float = 0.15  # share of gray crops: z_c is the encoding of a gray image
     vae_kl_weight: float = 1e-6
+    # the posterior's log-variance at the start (None: diffusers' init, about 0, i.e. latent noise of std 1 over
+    # latents of std ~0.1, which drowns the colors' small signal for the first few hundred steps; -10: noise 0.007)
+    vae_initial_logvar: float | None = None
     vae_chroma_weight: float = 1.0  # L1 on Lab a/b (/ 100): plain RGB losses wash colors out
     autocast_bf16: bool = True  # bfloat16 autocast on the CPU (faster where the CPU has bf16 instructions)
     # U-Net: random, UNet2DConditionModel with cross-attention on the tiny CLIP's 32-d embeddings
@@ -89,10 +92,14 @@ class MiniBaseConfig:
 
 def build_vae(config: MiniBaseConfig) -> AutoencoderKL:
     blocks = len(config.vae_channels)
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * blocks,
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * blocks,
                          up_block_types=("UpDecoderBlock2D",) * blocks, block_out_channels=tuple(config.vae_channels),
                          layers_per_block=config.vae_layers_per_block, latent_channels=config.vae_latent_channels,
                          norm_num_groups=32, sample_size=config.vae_crop, scaling_factor=1.0)
+    if config.vae_initial_logvar is not None:
+        with torch.no_grad():  # quant_conv emits (mean, logvar): its logvar half starts at this bias
+            vae.quant_conv.bias[config.vae_latent_channels:] = config.vae_initial_logvar
+    return vae
 
 
 def build_unet(config: MiniBaseConfig) -> UNet2DConditionModel:

@@ -281,8 +281,9 @@ def report(lab, models: dict[str, Path]) -> dict:
     gt_dir, names = sets[0].gt, sets[0].names
     if "unet_only" in models:
         summary["condition_check"] = condition_check(models["unet_only"], gt_dir, names)
+        summary["learning_curve"] = unet_learning_curve(lab, models["unet_only"], sets[0])
     if lab.config.world_scenes:
-        summary.update(world_scores(lab, main_predictions, models))
+        summary.update(world_scores(lab, main_predictions))
         summary["checks"] |= world_goals(summary)
     summary["mean_samples"] = lab.config.mean_samples
     summary["base"] = json.loads((lab.work / "base" / "base_report.json").read_text())
@@ -313,19 +314,24 @@ def colorize_world_masks(lab, model: Path) -> Path:
     return folder
 
 
-def world_scores(lab, predictions: dict[str, Path], models: dict[str, Path]) -> dict:
-    """Hue accuracy per shape of every row, and the ColorDiff U-Net's learning curve."""
-    from colordiff.mini.world_report import class_accuracy, learning_curve, save_json
+def unet_learning_curve(lab, model: Path, scores: ScoreSet) -> list[dict]:
+    """The ColorDiff U-Net's learning curve on the held-out photos: a point per checkpoint of its run (world_report's
+    learning_curve), computed once and kept in eval/learning_curve.json."""
+    from colordiff.mini.world_report import learning_curve, save_json
 
-    photos, out = lab.work / "photos", {}
-    out["class_accuracy"] = {row: class_accuracy(folder, photos / "gt", photos / "meta")
-                             for row, folder in predictions.items()}
-    target = lab.work / "eval" / "learning_curve.json"
-    if "unet_only" in models:
-        lab.phase("learning curve", target, lambda: save_json(target, learning_curve(
-            lab.work / "unet", models["unet_only"], photos / "gray", photos / "gt", colorize_settings(lab))))
-        out["learning_curve"] = json.loads(target.read_text())
-    return out
+    target = scores.eval / "learning_curve.json"
+    lab.phase("learning curve", target, lambda: save_json(target, learning_curve(
+        lab.work / "unet", model, scores.gray, scores.gt, colorize_settings(lab))))
+    return json.loads(target.read_text())
+
+
+def world_scores(lab, predictions: dict[str, Path]) -> dict:
+    """Hue accuracy per shape of every row."""
+    from colordiff.mini.world_report import class_accuracy
+
+    photos = lab.work / "photos"
+    return {"class_accuracy": {row: class_accuracy(folder, photos / "gt", photos / "meta")
+                               for row, folder in predictions.items()}}
 
 
 def world_goals(summary: dict) -> dict:
@@ -358,10 +364,11 @@ def render_table(summary: dict) -> str:
         lines += ["", f"Held-out loss (its eps or v target) of the trained U-Net: {c['eps_loss_own_condition']:.4f} "
                   f"with the photo's own z_c, {c['eps_loss_other_condition']:.4f} with another photo's "
                   f"(ratio {c['ratio']:.3f})."]
-    if "class_accuracy" in summary:
-        from colordiff.mini.world_report import render_world
+    from colordiff.mini.world_report import render_curve, render_world
 
+    if "class_accuracy" in summary:
         lines += render_world(summary)
+    lines += render_curve(summary.get("learning_curve") or [])
     for name, result in summary.get("test_sets", {}).items():
         test_cf = next((r["colorfulness_gt"] for r in result["rows"].values()), None)
         lines += ["", f"**Second test set `{name}`**: {len(result['photos'])} color photos of {result['data_dir']}, "

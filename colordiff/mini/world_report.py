@@ -61,11 +61,17 @@ def exact_priors(meta: Path, record: dict):
 def held_out_sampler(model: Path, gray_dir: Path, names: list[str], settings):
     """(pipeline, sample): sample(**call_arguments) colorizes the gray inputs `names` through the model's pipeline with
     `colordiff colorize`'s seeds and sampler settings, returning float RGB arrays (H, W, 3)."""
-    from colordiff.colorize_jobs import sample_seed
     from colordiff.pipelines import load_pipeline
 
     pipe = load_pipeline(str(model), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
+    return pipe, pipeline_sampler(pipe, gray_dir, names, settings)
+
+
+def pipeline_sampler(pipe, gray_dir: Path, names: list[str], settings):
+    """sample(**call_arguments): the gray inputs `names` through `pipe` as held_out_sampler's sample."""
+    from colordiff.colorize_jobs import sample_seed
+
     images = [read_image(gray_dir / n).rgb for n in names]
 
     def sample(**call_arguments) -> list[np.ndarray]:
@@ -73,7 +79,7 @@ def held_out_sampler(model: Path, gray_dir: Path, names: list[str], settings):
         return pipe(images, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
                     generator=generators, resolution=settings.resolution, output_type="np", **call_arguments).images
 
-    return pipe, sample
+    return sample
 
 
 def colorize_with_masks(model: Path, gray_dir: Path, meta: Path, out_dir: Path, settings) -> None:
@@ -88,15 +94,19 @@ def colorize_with_masks(model: Path, gray_dir: Path, meta: Path, out_dir: Path, 
 
 
 def learning_curve(run_dir: Path, model: Path, gray_dir: Path, gt_dir: Path, settings) -> list[dict]:
-    """Held-out balanced hue accuracy of every checkpoint of a U-Net run (its EMA weights when kept), sampled as
-    `colordiff colorize` samples (no prompt), loaded into the exported model folder's pipeline."""
+    """Held-out balanced hue accuracy and PSNR of every checkpoint of a U-Net run (its EMA weights when kept), sampled
+    as `colordiff colorize` samples (no prompt), loaded into the exported model folder's pipeline. Photos are sampled
+    in batches of one size (landscape and portrait apart)."""
     from safetensors.torch import load_file
 
     from colordiff.training.checkpoint import checkpoint_step, list_checkpoints
 
-    names = sorted(p.name for p in gt_dir.glob("*.png"))
-    pipe, sample = held_out_sampler(model, gray_dir, names, settings)
-    gts = torch.cat([_uint8(gt_dir / n) for n in names])
+    gts = {p.name: _uint8(p) for p in sorted(gt_dir.glob("*.png"))}
+    by_size: dict[tuple, list[str]] = {}
+    for name, gt in gts.items():
+        by_size.setdefault(tuple(gt.shape[-2:]), []).append(name)
+    pipe, _ = held_out_sampler(model, gray_dir, [], settings)
+    samplers = [(names, pipeline_sampler(pipe, gray_dir, names, settings)) for names in by_size.values()]
     curve = []
     for checkpoint in list_checkpoints(run_dir):
         ema = checkpoint / "ema.safetensors"
@@ -104,29 +114,35 @@ def learning_curve(run_dir: Path, model: Path, gray_dir: Path, gt_dir: Path, set
             weights = {k.removeprefix("unet."): v for k, v in load_file(ema).items()}
         else:
             weights = load_file(checkpoint / "model.safetensors")
+        counts, psnr = torch.zeros(2, 6, dtype=torch.float64), []  # right / counted pixels per hue sector
         pipe.unet.load_state_dict(weights, strict=True)
-        pred = M.as_uint8_batch((np.stack(sample(priors="none")) * 255).round().astype(np.uint8))
-        counts = hue.hue_sector_counts(pred, gts).sum(0)
+        for names, sample in samplers:
+            pred = M.as_uint8_batch((np.stack(sample(priors="none")) * 255).round().astype(np.uint8))
+            gt = torch.cat([gts[n] for n in names])
+            counts += hue.hue_sector_counts(pred, gt).sum(0)
+            psnr += M.psnr(pred, gt).tolist()
         curve.append({"step": checkpoint_step(checkpoint), "hue_accuracy": hue.balanced_hue_accuracy(counts),
-                      "psnr": float(M.psnr(pred, gts).mean())})
+                      "psnr": float(np.mean(psnr))})
     return curve
 
 
 def render_world(summary: dict) -> list[str]:
-    """The world's extra table lines: hue accuracy per class for each row, the ring with and without its caption,
-    and the learning curve."""
+    """The world's extra table lines: hue accuracy per class for each row, the ring with and without its caption."""
     lines = ["", "**hue accuracy per class** (held-out; balanced over hue sectors)", "",
              "| method | all | " + " | ".join(CLASSES) + " |", "|---|" + "---:|" * (len(CLASSES) + 1)]
     for row, acc in summary.get("class_accuracy", {}).items():
         lines.append(f"| {row} | " + " | ".join(_fmt(acc.get(c)) for c in ["all", *CLASSES]) + " |")
-    curve = summary.get("learning_curve") or []
-    if curve:
-        lines += ["", "**learning curve** (ColorDiff U-Net, held-out, no prompt)", "",
-                  "| step | " + " | ".join(str(p["step"]) for p in curve) + " |",
-                  "|---|" + "---:|" * len(curve),
-                  "| hue accuracy | " + " | ".join(_fmt(p["hue_accuracy"]) for p in curve) + " |",
-                  "| PSNR | " + " | ".join(_fmt(p["psnr"]) for p in curve) + " |"]
     return lines
+
+
+def render_curve(curve: list[dict]) -> list[str]:
+    """The learning curve's table lines (none for an empty curve)."""
+    if not curve:
+        return []
+    return ["", "**learning curve** (ColorDiff U-Net, held-out, no prompt, single samples)", "",
+            "| step | " + " | ".join(str(p["step"]) for p in curve) + " |", "|---|" + "---:|" * len(curve),
+            "| hue accuracy | " + " | ".join(_fmt(p["hue_accuracy"]) for p in curve) + " |",
+            "| PSNR | " + " | ".join(_fmt(p["psnr"]) for p in curve) + " |"]
 
 
 def _fmt(value) -> str:
