@@ -281,7 +281,12 @@ def report(lab, models: dict[str, Path]) -> dict:
     gt_dir, names = sets[0].gt, sets[0].names
     if "unet_only" in models:
         summary["condition_check"] = condition_check(models["unet_only"], gt_dir, names)
-        summary["learning_curve"] = unet_learning_curve(lab, models["unet_only"], sets[0])
+        from colordiff.mini.world_report import learning_curve, save_json
+
+        target = sets[0].eval / "learning_curve.json"  # the U-Net's held-out curve: a point per checkpoint
+        lab.phase("learning curve", target, lambda: save_json(target, learning_curve(
+            lab.work / "unet", models["unet_only"], sets[0].gray, sets[0].gt, colorize_settings(lab))))
+        summary["learning_curve"] = json.loads(target.read_text())
     if lab.config.world_scenes:
         summary.update(world_scores(lab, main_predictions))
         summary["checks"] |= world_goals(summary)
@@ -312,17 +317,6 @@ def colorize_world_masks(lab, model: Path) -> Path:
     lab.phase("colorize unet_decoder_prompt_seg", marker, lambda: (
         colorize_with_masks(model, photos / "gray", photos / "meta", folder, colorize_settings(lab)), marker.touch()))
     return folder
-
-
-def unet_learning_curve(lab, model: Path, scores: ScoreSet) -> list[dict]:
-    """The ColorDiff U-Net's learning curve on the held-out photos: a point per checkpoint of its run (world_report's
-    learning_curve), computed once and kept in eval/learning_curve.json."""
-    from colordiff.mini.world_report import learning_curve, save_json
-
-    target = scores.eval / "learning_curve.json"
-    lab.phase("learning curve", target, lambda: save_json(target, learning_curve(
-        lab.work / "unet", model, scores.gray, scores.gt, colorize_settings(lab))))
-    return json.loads(target.read_text())
 
 
 def world_scores(lab, predictions: dict[str, Path]) -> dict:
