@@ -61,11 +61,17 @@ def exact_priors(meta: Path, record: dict):
 def held_out_sampler(model: Path, gray_dir: Path, names: list[str], settings):
     """(pipeline, sample): sample(**call_arguments) colorizes the gray inputs `names` through the model's pipeline with
     `colordiff colorize`'s seeds and sampler settings, returning float RGB arrays (H, W, 3)."""
+    pipe = quiet_pipeline(model)
+    return pipe, pipeline_sampler(pipe, gray_dir, names, settings)
+
+
+def quiet_pipeline(model: Path):
+    """The model folder's pipeline, local files only, without a progress bar."""
     from colordiff.pipelines import load_pipeline
 
     pipe = load_pipeline(str(model), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    return pipe, pipeline_sampler(pipe, gray_dir, names, settings)
+    return pipe
 
 
 def pipeline_sampler(pipe, gray_dir: Path, names: list[str], settings):
@@ -105,7 +111,7 @@ def learning_curve(run_dir: Path, model: Path, gray_dir: Path, gt_dir: Path, set
     by_size: dict[tuple, list[str]] = {}
     for name, gt in gts.items():
         by_size.setdefault(tuple(gt.shape[-2:]), []).append(name)
-    pipe, _ = held_out_sampler(model, gray_dir, [], settings)
+    pipe = quiet_pipeline(model)
     samplers = [(names, pipeline_sampler(pipe, gray_dir, names, settings)) for names in by_size.values()]
     curve = []
     for checkpoint in list_checkpoints(run_dir):
