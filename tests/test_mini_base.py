@@ -173,3 +173,70 @@ def test_vae_initial_logvar_sets_the_posterior_noise_the_vae_starts_with():
         std = quiet.encode(x).latent_dist.std  # (1, 4, 8, 8)
         default_std = default.encode(x).latent_dist.std
     assert std.max() < 0.05 < default_std.min()
+
+
+def test_a_base_from_another_bases_vae_keeps_that_vae_and_trains_only_a_new_prior(tmp_path, monkeypatch):
+    """vae_from: the new base's VAE is the given base's (weights equal, no VAE step taken), its prior is trained."""
+    photos = tmp_path / "photos"
+    prepare_world(photos, 6, 1, 0, 1000, 16)
+    make_mini_base(_config(photos, tmp_path / "first"), log=lambda *_: None)
+    calls = []
+    crops = mini_base.random_crops
+    monkeypatch.setattr(mini_base, "random_crops", lambda *a, **k: calls.append(a[2]) or crops(*a, **k))
+    config = _config(photos, tmp_path / "second")
+    config.vae_from, config.unet_prediction_type, config.unet_zero_terminal_snr = str(tmp_path / "first"), \
+        "v_prediction", True
+    make_mini_base(config, log=lambda *_: None)
+    assert len(calls) == config.unet_pretrain_steps  # U-Net batches only: no VAE training
+    first, second = _weights(tmp_path / "first"), _weights(tmp_path / "second")
+    vae_keys = [k for k in first if k.startswith("vae.")]
+    assert vae_keys and all(torch.equal(first[k], second[k]) for k in vae_keys)
+    assert not all(torch.equal(first[k], second[k]) for k in first if k.startswith("unet."))
+    import json
+
+    report = json.loads((tmp_path / "second" / "base_report.json").read_text())
+    assert report["vae_from"] == str(tmp_path / "first") and report["heldout_psnr"] == pytest.approx(
+        json.loads((tmp_path / "first" / "base_report.json").read_text())["heldout_psnr"], abs=1e-6)
+    config.output_dir, config.vae_latent_channels = str(tmp_path / "third"), 8
+    with pytest.raises(ValueError, match="4 latent channels"):
+        make_mini_base(config, log=lambda *_: None)
+    config.vae_from, config.vae_latent_channels = str(tmp_path / "none"), 4
+    with pytest.raises(FileNotFoundError, match="no vae/ folder"):
+        make_mini_base(config, log=lambda *_: None)
+
+
+def test_prior_check_scores_samples_by_their_categorys_color(tmp_path):
+    """Categories are captions shared by min_photos photos; the photos' own nearest-centroid accuracy is the
+    ceiling; every guidance scale gets an accuracy in [0, 1] per category, and the grid holds a photo + samples."""
+    import json
+
+    from colordiff.io import read_image
+    from colordiff.mini.prior_check import PriorCheckConfig, categories, mean_lab, nearest, prior_check
+
+    photos = tmp_path / "photos"
+    prepare_world(photos, 8, 1, 0, 1000, 16)
+    captions = tmp_path / "captions.jsonl"
+    names = sorted(p.name for p in (photos / "train").glob("*.png"))
+    texts = ["a photo of a red thing", "a photo of a blue thing"]
+    captions.write_text("".join(json.dumps({"path": n, "caption_color": texts[i % 2]}) + "\n"
+                                for i, n in enumerate(names)) + json.dumps({"path": "x.png", "caption_color": "rare"}))
+    captions.write_text(captions.read_text() + "\n" + json.dumps({"path": "held.png", "caption_color": texts[0]}))
+    expected = {t: names[i::2] for i, t in sorted(enumerate(texts), key=lambda x: x[1])}
+    assert categories(str(captions), "caption_color", 2, str(photos / "train")) == expected  # held.png: not there
+    red, blue = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    red[:, 0], blue[:, 2] = 1.0, 1.0
+    centroids = mean_lab(torch.cat([red, blue]))
+    assert nearest(mean_lab(torch.cat([blue * 0.9, red * 0.8])), centroids).tolist() == [1, 0]
+
+    config = _config(photos, tmp_path / "base")
+    config.captions, config.word_tokens = str(captions), True
+    make_mini_base(config, log=lambda *_: None)
+    out = prior_check(PriorCheckConfig(base=str(tmp_path / "base"), data_dir=str(photos / "train"),
+                                       captions=str(captions), output_dir=str(tmp_path / "check"), min_photos=2,
+                                       samples=2, steps=2, guidance_scales=[1.0, 3.0], size=16))
+    report = json.loads(out.read_text())
+    assert report["chance"] == 0.5 and set(report["guidance"]) == {"1.0", "3.0"}
+    assert 0.0 <= report["photos_ceiling"] <= 1.0
+    for scores in report["guidance"].values():
+        assert set(scores["per_category"]) == set(texts) and 0.0 <= scores["accuracy"] <= 1.0
+    assert read_image(tmp_path / "check" / "samples.png").rgb.shape == (2 * 16, 3 * 16, 3)

@@ -63,6 +63,9 @@ class MiniBaseConfig:
     # latents of std ~0.1, which drowns the colors' small signal for the first few hundred steps; -10: noise 0.007)
     vae_initial_logvar: float | None = None
     vae_chroma_weight: float = 1.0  # L1 on Lab a/b (/ 100): plain RGB losses wash colors out
+    # a built base folder whose (trained, normalised) VAE this base takes instead of training one: a new prior over
+    # the same latents without the VAE's 30 minutes; the vae_* settings above are then not read
+    vae_from: str | None = None
     autocast_bf16: bool = True  # bfloat16 autocast on the CPU (faster where the CPU has bf16 instructions)
     # U-Net: random, UNet2DConditionModel with cross-attention on the tiny CLIP's 32-d embeddings
     unet_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
@@ -353,14 +356,23 @@ def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
     log(f"base: {len(train)} training photos, {len(heldout)} held out, shorter side {config.image_size}")
     progress = Path(f"{out}.progress")
     start = time.time()
-    vae = train_vae(train, config, log, progress / "vae.safetensors")
-    mean, std = latent_statistics(vae, train)
-    normalise_latents(vae, mean, std)
-    after_mean, after_std = latent_statistics(vae, train)
-    report = reconstruction_report(vae, heldout)
-    report.update(latent_mean_before=mean.tolist(), latent_std_before=std.tolist(),
-                  latent_mean=after_mean.tolist(), latent_std=after_std.tolist(), vae_seconds=time.time() - start,
-                  vae_parameters=sum(p.numel() for p in vae.parameters()))
+    if config.vae_from is not None:
+        if not (Path(config.vae_from) / "vae" / "config.json").is_file():
+            raise FileNotFoundError(f"vae_from {config.vae_from}: no vae/ folder there (build that base first)")
+        vae = AutoencoderKL.from_pretrained(Path(config.vae_from) / "vae", local_files_only=True).eval()
+        if vae.config.latent_channels != config.vae_latent_channels:
+            raise ValueError(f"vae_from {config.vae_from}: {vae.config.latent_channels} latent channels, "
+                             f"vae_latent_channels is {config.vae_latent_channels}")
+        report = {**reconstruction_report(vae, heldout), "vae_from": str(config.vae_from)}
+    else:
+        vae = train_vae(train, config, log, progress / "vae.safetensors")
+        mean, std = latent_statistics(vae, train)
+        normalise_latents(vae, mean, std)
+        after_mean, after_std = latent_statistics(vae, train)
+        report = reconstruction_report(vae, heldout)
+        report.update(latent_mean_before=mean.tolist(), latent_std_before=std.tolist(),
+                      latent_mean=after_mean.tolist(), latent_std=after_std.tolist())
+    report.update(vae_seconds=time.time() - start, vae_parameters=sum(p.numel() for p in vae.parameters()))
     torch.manual_seed(config.seed)
     unet = build_unet(config)
     report["unet_parameters"] = sum(p.numel() for p in unet.parameters())
