@@ -64,7 +64,8 @@ class MiniBaseConfig:
     vae_initial_logvar: float | None = None
     vae_chroma_weight: float = 1.0  # L1 on Lab a/b (/ 100): plain RGB losses wash colors out
     # a built base folder whose (trained, normalised) VAE this base takes instead of training one: a new prior over
-    # the same latents without the VAE's 30 minutes; the vae_* settings above are then not read
+    # the same latents without the VAE's 30 minutes; the VAE's training settings above are then not read (its
+    # vae_channels and vae_crop should still match it: they set the U-Net's sample size)
     vae_from: str | None = None
     autocast_bf16: bool = True  # bfloat16 autocast on the CPU (faster where the CPU has bf16 instructions)
     # U-Net: random, UNet2DConditionModel with cross-attention on the tiny CLIP's 32-d embeddings
