@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from colordiff.color import rgb_to_lab
+from colordiff.data import load_captions
 from colordiff.io import atomic_write, write_image
 
 
@@ -45,12 +46,10 @@ def categories(captions: str, key: str, min_photos: int, data_dir: str) -> dict[
     """caption -> the photo files of data_dir that share it, for every non-empty caption of at least min_photos of
     them (a captions file may also list held-out photos, which are not in data_dir)."""
     groups = defaultdict(list)
-    for line in Path(captions).read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if (Path(data_dir) / record["path"]).is_file():
-                groups[record[key]].append(record["path"])
-    return {text: sorted(paths) for text, paths in sorted(groups.items()) if text and len(paths) >= min_photos}
+    for path, text in load_captions(captions, key).items():
+        if text and (Path(data_dir) / path).is_file():
+            groups[text].append(path)
+    return {text: sorted(paths) for text, paths in sorted(groups.items()) if len(paths) >= min_photos}
 
 
 def mean_lab(images: torch.Tensor) -> torch.Tensor:
