@@ -175,6 +175,24 @@ def test_vae_initial_logvar_sets_the_posterior_noise_the_vae_starts_with():
     assert std.max() < 0.05 < default_std.min()
 
 
+def test_unet_attention_heads_set_each_levels_head_count_and_bad_counts_are_refused():
+    """unet_attention_heads gives each level's attention (self and cross) that many heads; the default is SD1.5's 8."""
+    settings = dict(data_dir="x", vae_channels=[32, 32, 32], unet_channels=[32, 64, 64])
+
+    def heads(unet):
+        return [block.attentions[0].transformer_blocks[0].attn1.heads for block in unet.down_blocks
+                if hasattr(block, "attentions")]
+
+    assert heads(mini_base.build_unet(MiniBaseConfig(**settings))) == [8, 8]
+    unet = mini_base.build_unet(MiniBaseConfig(**settings, unet_attention_heads=[1, 2, 2]))
+    assert heads(unet) == [1, 2]
+    assert unet.mid_block.attentions[0].transformer_blocks[0].attn2.heads == 2
+    assert unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.inner_dim == 32  # one head of 32 channels
+    for bad in ([1, 2], [3, 2, 2], [0, 2, 2]):
+        with pytest.raises(ValueError, match="unet_attention_heads"):
+            mini_base.build_unet(MiniBaseConfig(**settings, unet_attention_heads=bad))
+
+
 def test_a_base_from_another_bases_vae_keeps_that_vae_and_trains_only_a_new_prior(tmp_path, monkeypatch):
     """vae_from: the new base's VAE is the given base's (weights equal, no VAE step taken), its prior is trained."""
     photos = tmp_path / "photos"

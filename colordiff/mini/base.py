@@ -63,15 +63,16 @@ class MiniBaseConfig:
     # latents of std ~0.1, which drowns the colors' small signal for the first few hundred steps; -10: noise 0.007)
     vae_initial_logvar: float | None = None
     vae_chroma_weight: float = 1.0  # L1 on Lab a/b (/ 100): plain RGB losses wash colors out
-    # a built base folder whose (trained, normalised) VAE this base takes instead of training one: a new prior over
-    # the same latents without the VAE's 30 minutes; the VAE's training settings above are then not read (its
-    # vae_channels and vae_crop should still match it: they set the U-Net's sample size)
+    # a built base whose (trained, normalised) VAE this base takes instead of training one; the VAE's training settings
+    # above are then not read (its vae_channels and vae_crop should still match it: they set the U-Net's sample size)
     vae_from: str | None = None
     autocast_bf16: bool = True  # bfloat16 autocast on the CPU (faster where the CPU has bf16 instructions)
     # U-Net: random, UNet2DConditionModel with cross-attention on the tiny CLIP's 32-d embeddings
     unet_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
     unet_layers_per_block: int = 1
     unet_cross_attention: list[bool] | None = None  # per level; None: every level but the deepest (SD's pattern)
+    # attention heads per level; None: SD1.5's 8 at every level (at these widths heads of 4-16 channels: slow on a CPU)
+    unet_attention_heads: list[int] | None = None
     # U-Net pretraining as a text-to-image model on the photos (the prior SD1.5 brings; 0 steps: left random)
     captions: str | None = None  # JSONL with "path" (file name) and `caption_key` per photo; None: empty text
     caption_key: str = "caption_color"
@@ -107,19 +108,22 @@ def build_vae(config: MiniBaseConfig) -> AutoencoderKL:
 
 
 def build_unet(config: MiniBaseConfig) -> UNet2DConditionModel:
-    """The mini U-Net: SD's block types (cross-attention in all but the deepest level, unless configured), a few
-    channels."""
+    """The mini U-Net: SD's block types (cross-attention in all but the deepest level unless set), few channels."""
     levels = len(config.unet_channels)
     attention = config.unet_cross_attention or [True] * (levels - 1) + [False]
     if len(attention) != levels:
         raise ValueError(f"unet_cross_attention needs one entry per level ({levels}), got {attention}")
+    heads = config.unet_attention_heads or [8] * levels
+    if len(heads) != levels or any(h < 1 or c % h for h, c in zip(heads, config.unet_channels, strict=False)):
+        raise ValueError(f"unet_attention_heads needs one entry per level ({levels}), each dividing its level's "
+                         f"channels {config.unet_channels}; got {heads}")
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     return UNet2DConditionModel(
         sample_size=config.vae_crop // 2 ** (len(config.vae_channels) - 1), in_channels=config.vae_latent_channels,
         out_channels=config.vae_latent_channels, block_out_channels=tuple(config.unet_channels),
         layers_per_block=config.unet_layers_per_block, down_block_types=down, up_block_types=up,
-        cross_attention_dim=TINY_TEXT_DIM, attention_head_dim=8, norm_num_groups=32)
+        cross_attention_dim=TINY_TEXT_DIM, attention_head_dim=tuple(heads), norm_num_groups=32)
 
 
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, config: MiniBaseConfig) -> tuple[torch.Tensor, dict]:
