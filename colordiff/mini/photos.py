@@ -87,8 +87,12 @@ def resize_shorter(rgb: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(rgb[None], size=shape, mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
 
 
+def read_rgb(path: Path) -> torch.Tensor:
+    return torch.from_numpy(read_image(path).rgb).permute(2, 0, 1)  # (3, H, W) in [0, 1]
+
+
 def load_photo(path: Path, size: int) -> torch.Tensor:
-    return resize_shorter(torch.from_numpy(read_image(path).rgb).permute(2, 0, 1), size)  # (3, h, w) in [0, 1]
+    return resize_shorter(read_rgb(path), size)  # (3, h, w) in [0, 1]
 
 
 def color_photos(files: list[Path], min_chroma: float = 3.0) -> list[Path]:

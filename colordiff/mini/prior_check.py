@@ -71,7 +71,7 @@ def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
 def prior_check(config: PriorCheckConfig) -> Path:
     from diffusers import StableDiffusionPipeline
 
-    from colordiff.io import read_image
+    from colordiff.mini.photos import read_rgb
 
     groups = categories(config.captions, config.caption_key, config.min_photos, config.data_dir)
     if len(groups) < 2:
@@ -79,7 +79,7 @@ def prior_check(config: PriorCheckConfig) -> Path:
     texts = list(groups)
 
     def photo(name: str) -> torch.Tensor:  # (1, 3, h, w): the photos differ in size
-        return torch.from_numpy(read_image(Path(config.data_dir) / name).rgb).permute(2, 0, 1)[None]
+        return read_rgb(Path(config.data_dir) / name)[None]
 
     photo_colors = [torch.cat([mean_lab(photo(p)) for p in paths]) for paths in groups.values()]  # K x (n_k, 3)
     centroids = torch.stack([c.mean(0) for c in photo_colors])  # (K, 3)

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from colordiff.config import dotlist_value, load_config
-from colordiff.io import atomic_write, read_image, write_image
+from colordiff.io import atomic_write, write_image
+from colordiff.mini.photos import read_rgb
 from colordiff.mini.table import METRICS, ROWS, WORLD_ROWS, cell, gate_verdicts, goals, render_rows, render_targets
 
 __all__ = ["METRICS", "ROWS", "WORLD_ROWS", "report", "evaluate_folder"]  # the table's layout, read by the tests
@@ -45,10 +46,6 @@ def score_sets(lab) -> list[ScoreSet]:
     return sets
 
 
-def _rgb(path: Path) -> torch.Tensor:
-    return torch.from_numpy(read_image(path).rgb).permute(2, 0, 1)  # (3, H, W) in [0, 1]
-
-
 def _write_each(folder: Path, names: list[str], images) -> None:
     for name, rgb in zip(names, images, strict=True):
         write_image(folder / name, rgb.permute(1, 2, 0).clamp(0, 1).numpy())
@@ -61,7 +58,7 @@ def train_mean_ab(lab) -> torch.Tensor:
     path = lab.work / "eval" / "train_mean_ab.json"
     if not path.exists():
         train = sorted((lab.work / "photos" / "train").glob("*.png"))
-        mean = torch.stack([split_luminance(_rgb(p)[None])[1].mean((-2, -1))[0] for p in train]).mean(0)
+        mean = torch.stack([split_luminance(read_rgb(p)[None])[1].mean((-2, -1))[0] for p in train]).mean(0)
         with atomic_write(path) as tmp:
             tmp.write_text(json.dumps(mean.tolist()))
     return torch.tensor(json.loads(path.read_text()))
@@ -83,7 +80,7 @@ def baseline_predictions(lab, scores: ScoreSet, decoder: Path | None = None) -> 
     folder = scores.pred / "mean_chroma"
     if not folder.exists():
         mean_ab = train_mean_ab(lab)
-        gts = [_rgb(scores.gt / n) for n in names]
+        gts = [read_rgb(scores.gt / n) for n in names]
         _write_each(folder, names, [merge_luminance(split_luminance(x[None])[0],
                                                     mean_ab[None, :, None, None].expand(1, 2, *x.shape[-2:]))[0]
                                     for x in gts])
@@ -94,7 +91,7 @@ def baseline_predictions(lab, scores: ScoreSet, decoder: Path | None = None) -> 
         results = []
         with torch.no_grad():
             for n in names:
-                x = _rgb(scores.gt / n)  # (3, h, w)
+                x = read_rgb(scores.gt / n)  # (3, h, w)
                 h, w = x.shape[-2:]
                 recon = ((vae.decode(encode_photo(vae, x).mode()).sample + 1) / 2)[..., :h, :w]  # (1, 3, h, w)
                 results.append(merge_luminance(split_luminance(x[None])[0], split_luminance(recon.clamp(0, 1))[1])[0])
@@ -106,7 +103,7 @@ def baseline_predictions(lab, scores: ScoreSet, decoder: Path | None = None) -> 
         results = []
         with torch.no_grad():
             for n in names:
-                x = _rgb(scores.gt / n)  # (3, h, w)
+                x = read_rgb(scores.gt / n)  # (3, h, w)
                 h, w = x.shape[-2:]
                 L = split_luminance(x[None])[0]  # (1, 1, h, w)
                 gray = working_gray(L, (h, w))[0]  # (3, h, w): the model's own gray input for the photo's L
@@ -222,7 +219,7 @@ def condition_check(model: Path, gt_dir: Path, names: list[str], seed: int = 0) 
     from colordiff.pipelines import load_pipeline
 
     pipe = load_pipeline(str(model), local_files_only=True)
-    photos = [_rgb(gt_dir / n) for n in names]
+    photos = [read_rgb(gt_dir / n) for n in names]
     side = min(min(p.shape[-2:]) for p in photos) // 16 * 16  # a square every photo holds; latents of whole cells
     x = torch.stack([p[:, :side, :side] for p in photos])  # (N, 3, side, side): one shape, one batch
     scale = pipe.vae.config.scaling_factor
@@ -384,7 +381,7 @@ def grid(path: Path, gt_dir: Path, names: list[str], columns: dict[str, Path]) -
     """One row per held-out photo: each column's prediction, then the ground truth."""
     rows = []
     for name in names:
-        cells = [_rgb(folder / name) for folder in columns.values()] + [_rgb(gt_dir / name)]
+        cells = [read_rgb(folder / name) for folder in columns.values()] + [read_rgb(gt_dir / name)]
         h = min(c.shape[-2] for c in cells)
         cells = [torch.nn.functional.interpolate(c[None], size=(h, round(c.shape[-1] * h / c.shape[-2])),
                                                  mode="bilinear", antialias=True)[0] for c in cells]
