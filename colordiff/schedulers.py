@@ -7,6 +7,13 @@ both papers' sampler (paper 000: 50 steps) and the default of every model folder
 
 from __future__ import annotations
 
+# Where a sampler's steps lie on the training schedule, in every model folder colordiff writes: "trailing" spaces N
+# steps down from the last training timestep (t = 999, 979, ... for 50 of 1,000), so that sampling always starts
+# where training saw the most noise (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+# Sec. 3.3). SD1.5's own "leading" spacing starts 50 steps at t = 981, but one step at t = 1: the network then reads
+# pure noise as an almost clean latent and returns it.
+SAMPLING_SPACING = "trailing"
+
 # name -> (diffusers class name, settings over the model's config); diffusers is imported only when one is built,
 # so that the command line can list the names without loading it
 SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -57,3 +64,10 @@ def check_prediction_type(network, scheduler) -> None:
         raise ValueError(f"the model was trained for prediction_type {trained!r} but the scheduler "
                          f"({type(scheduler).__name__}) is set for {used!r}; build schedulers from the model's own "
                          "config: type(...).from_config(pipe.scheduler.config)")
+
+
+def ddim_sampler(config):
+    """DDIM (both papers' sampler) on the schedule of a scheduler config, its steps spaced by SAMPLING_SPACING."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(config, timestep_spacing=SAMPLING_SPACING)

@@ -225,6 +225,31 @@ def test_init_model_from_a_v_prediction_base_predicts_v_and_samples(tmp_path, me
     assert image.shape == (32, 32, 3) and np.isfinite(image).all()
 
 
+@pytest.mark.parametrize("method", ["colordiff", "seada"])
+def test_init_model_samples_from_the_last_training_step_at_any_step_count(tmp_path, method):
+    """SD1.5's scheduler spaces sampling steps "leading": one step would run the network at t = 1 on pure noise, which
+    it reads as an almost clean latent, and the output would be that noise. The model init-model writes starts at
+    t = 999 (colordiff.schedulers.SAMPLING_SPACING), the step where training saw the most noise."""
+    import json
+
+    from colordiff.pipelines import load_pipeline
+    from colordiff.testing import save_tiny_stable_diffusion
+
+    base = save_tiny_stable_diffusion(tmp_path / "sd15", seed=7)
+    assert json.loads((base / "scheduler" / "scheduler_config.json").read_text())["timestep_spacing"] == "leading"
+    built = tmp_path / method
+    assert main(["init-model", str(built), "--base", str(base), "--local-files-only", "--method", method]) == 0
+    pipe = load_pipeline(built)
+    seen = []
+    pipe.unet.register_forward_pre_hook(lambda module, args, kwargs: seen.append(int(
+        (args[1] if len(args) > 1 else kwargs["timestep"]).flatten()[0])), with_kwargs=True)
+    for steps in (1, 3):
+        seen.clear()
+        pipe([np.zeros((32, 32, 3), np.float32)], num_inference_steps=steps, resolution=32, output_type="np",
+             priors="none", guidance_scale=1.0)
+        assert seen[0] == 999 and len(set(seen)) == steps
+
+
 @pytest.mark.slow
 def test_accelerate_launch_splits_files_across_processes(tmp_path, tiny_model_dir):
     out = tmp_path / "out"

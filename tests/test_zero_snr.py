@@ -16,7 +16,7 @@ from colordiff.errors import UsageError
 from colordiff.pipelines import load_pipeline
 from colordiff.testing import tiny_scheduler, tiny_seada_pipeline
 from colordiff.training.common import noise_schedulers
-from colordiff.training.losses import diffusion_loss
+from colordiff.training.losses import diffusion_loss, weighted_mse
 from colordiff.training.seada import SeAdaTask, TrainSeAdaConfig, stage_plan
 from colordiff.training.unet import TrainUNetConfig
 
@@ -60,8 +60,41 @@ def test_training_schedule_ends_at_zero_snr_and_defaults_keep_the_base_schedule(
     today = DDPMScheduler.from_config(base.config)
     train, sampler = noise_schedulers(TrainSeAdaConfig(), base)
     assert torch.equal(train.alphas_cumprod, today.alphas_cumprod) and train.alphas_cumprod[-1] > 1e-3
-    assert _public(train.config) == _public(today.config)
-    assert type(sampler) is type(base) and _public(sampler.config) == _public(base.config)
+    # the base's schedule and target; only the sampler's spacing differs: from t = 999 at any step count, where
+    # SD1.5's "leading" spacing runs a single step at t = 1
+    assert base.config.timestep_spacing == "leading"
+    assert _public(train.config) == {**_public(today.config), "timestep_spacing": "trailing"}
+    assert type(sampler) is type(base) and _public(sampler.config) == {**_public(base.config),
+                                                                         "timestep_spacing": "trailing"}
+    for steps in (1, 4, 50):
+        sampler.set_timesteps(steps)
+        assert sampler.timesteps[0].item() == 999
+
+
+def test_snr_plus_one_weighting_makes_an_eps_loss_the_loss_of_the_v_it_implies():
+    """loss_weighting snr_plus_one: an eps prediction's error weighted by 1 / alpha_bar_t is the squared error of the v
+    it implies, at each timestep (by hand: z_hat from eps_hat, then v_hat); the plain loss is the papers' MSE, and a v
+    prediction is left as it is."""
+    eps_schedule, _ = noise_schedulers(TrainSeAdaConfig(), tiny_scheduler())  # SD1.5's schedule, eps
+    g = torch.Generator().manual_seed(0)
+    latents, noise, guess = (torch.randn(4, 4, 8, 8, generator=g) for _ in range(3))
+    timesteps = torch.tensor([0, 300, 700, 999])
+    noisy = eps_schedule.add_noise(latents, noise, timesteps)
+    alpha_bar = eps_schedule.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    z_hat = (noisy - (1 - alpha_bar).sqrt() * guess) / alpha_bar.sqrt()  # the z_0 the eps guess implies
+    v_hat = alpha_bar.sqrt() * guess - (1 - alpha_bar).sqrt() * z_hat
+    v = _velocity(eps_schedule, latents, noise, timesteps)
+    by_hand = (v_hat - v).pow(2).flatten(1).mean(dim=1).mean()
+    weighted = weighted_mse(guess, noise, eps_schedule, timesteps, "snr_plus_one")
+    torch.testing.assert_close(weighted, by_hand, rtol=1e-4, atol=0)
+    assert weighted > 20 * weighted_mse(guess, noise, eps_schedule, timesteps, "none")  # t = 999 counts 1/0.0047
+    torch.testing.assert_close(weighted_mse(guess, noise, eps_schedule, timesteps, "none"),
+                               torch.nn.functional.mse_loss(guess, noise))
+    v_schedule, _ = noise_schedulers(TrainUNetConfig(**ZERO_SNR), tiny_scheduler())
+    assert torch.equal(weighted_mse(guess, v, v_schedule, timesteps, "snr_plus_one"),
+                       weighted_mse(guess, v, v_schedule, timesteps, "none"))
+    with pytest.raises(ConfigError, match="loss_weighting must be one of none, snr_plus_one"):
+        load_config(TrainSeAdaConfig, [], ["loss_weighting=snr"])
 
 
 def test_unet_loss_target_is_v():
@@ -103,7 +136,8 @@ def test_seada_loss_target_is_v():
     base = tiny_scheduler()
     scheduler = Recording.from_config(base.config, rescale_betas_zero_snr=True, prediction_type="v_prediction")
     task = SimpleNamespace(  # the attributes SeAdaTask.loss reads (as colordiff/training/seada_bench.py)
-        config=SimpleNamespace(conditioning_dropout=0.0, reconstruction_target="e_g", timestep_bias_strategy="none"),
+        config=SimpleNamespace(conditioning_dropout=0.0, reconstruction_target="e_g", timestep_bias_strategy="none",
+                               loss_weighting="none"),
         accelerator=SimpleNamespace(device=torch.device("cpu")), pipe=pipe, plan=stage_plan(2),
         noise_scheduler=scheduler, lambda_r=0.0, lambda_s=1.0, weight_dtype=torch.float32)
     color = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1

@@ -9,14 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, SchedulerMixin
+from diffusers import DiffusionPipeline, SchedulerMixin
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from colordiff.models import ConcatUNet2DConditionModel, LuminanceAwareAutoencoderKL
 from colordiff.pipelines.base import ColorizationPipeline, stable_diffusion_parts
 from colordiff.pipelines.recorded_priors import RecordsPriorGenerators, SafetensorsLoraLoaderMixin
-from colordiff.schedulers import scheduler_prediction_type
+from colordiff.schedulers import ddim_sampler, scheduler_prediction_type
 from colordiff.semantics.config import PriorsConfig
 from colordiff.semantics.generators import PriorGenerators
 from colordiff.semantics.priors import ImagePriors, compose_prompt
@@ -68,7 +68,7 @@ class ColorDiffPipeline(RecordsPriorGenerators, ColorizationPipeline, Safetensor
                 sd.unet, prediction_type=scheduler_prediction_type(sd.scheduler)),
             text_encoder=sd.text_encoder,
             tokenizer=sd.tokenizer,
-            scheduler=DDIMScheduler.from_config(sd.scheduler.config),
+            scheduler=ddim_sampler(sd.scheduler.config),
         )
 
     @classmethod

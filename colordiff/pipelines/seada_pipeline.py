@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
 from transformers import CLIPTokenizer
 
@@ -19,7 +19,7 @@ from colordiff.models.control import ControlledDenoiser, SeAdaControlModel
 from colordiff.models.semantic_adapter import SemanticAdapter
 from colordiff.pipelines.base import ColorDiffPipelineOutput, ColorizationPipeline, stable_diffusion_parts
 from colordiff.pipelines.recorded_priors import RecordsPriorGenerators, SafetensorsLoraLoaderMixin
-from colordiff.schedulers import scheduler_prediction_type
+from colordiff.schedulers import ddim_sampler, scheduler_prediction_type
 from colordiff.semantics.generators import PriorGenerators
 from colordiff.semantics.priors import ImagePriors
 
@@ -98,7 +98,7 @@ class SeAdaPipeline(RecordsPriorGenerators, ColorizationPipeline, SeAdaLoraLoade
                                                 rca_head_dim=rca_head_dim, mapper_hidden=mapper_hidden,
                                                 prediction_type=scheduler_prediction_type(sd.scheduler)),
             adapter=SemanticAdapter.from_text_encoder(sd.text_encoder, use_trainable_embedding=use_trainable_embedding),
-            tokenizer=sd.tokenizer, scheduler=DDIMScheduler.from_config(sd.scheduler.config),
+            tokenizer=sd.tokenizer, scheduler=ddim_sampler(sd.scheduler.config),
         )
 
     @classmethod

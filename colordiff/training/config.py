@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from colordiff.config import describe_rules, follows_rules, setting
+from colordiff.schedulers import SAMPLING_SPACING
 
 # the ranges of the keys the task configs add, by key
 TASK_RULES: dict[str, dict] = {
@@ -37,7 +38,8 @@ class NoiseScheduleConfig:
     The defaults are both papers': the base model's schedule (SD1.5's) and the eps target. zero_terminal_snr rescales
     the betas so that the last training step is pure noise (Lin et al. 2023); it needs the v target, since eps at
     SNR 0 says nothing about the image. Both are written into the exported scheduler config (with "trailing" timestep
-    spacing, so sampling starts at that last step) and the prediction type into the trained network's config.
+    spacing at any setting, so sampling starts at the last step) and the prediction type into the trained network's
+    config.
     """
 
     zero_terminal_snr: bool = False
@@ -48,14 +50,18 @@ class NoiseScheduleConfig:
     timestep_bias_strategy: str = setting("none", choices=("none", "earlier", "later"))
     timestep_bias_multiplier: float = setting(1.0, above=0)
     timestep_bias_portion: float = setting(0.25, above=0, max=1)
+    # how each example's squared error counts (colordiff/training/losses.py's weighted_mse): "none" (the papers), or
+    # "snr_plus_one": an eps example weighted 1 / alpha_bar_t, the loss of the v its prediction implies, so that high
+    # noise, where colors are decided, weighs as much as with the v target (no change for v_prediction)
+    loss_weighting: str = setting("none", choices=("none", "snr_plus_one"))
 
 
 def schedule_settings(config: NoiseScheduleConfig) -> dict:
     """The scheduler config keys the noise schedule settings fix, for the training scheduler and the sampler alike."""
-    settings = {"rescale_betas_zero_snr": config.zero_terminal_snr, "prediction_type": config.prediction_type}
-    if config.zero_terminal_snr:
-        settings["timestep_spacing"] = "trailing"  # the first sampling step is t = T - 1, where training saw SNR 0
-    return settings
+    # the first sampling step is t = T - 1 at any step count, where training saw the most noise (SNR 0 with
+    # zero_terminal_snr)
+    return {"rescale_betas_zero_snr": config.zero_terminal_snr, "prediction_type": config.prediction_type,
+            "timestep_spacing": SAMPLING_SPACING}
 
 
 def timestep_weights(config: NoiseScheduleConfig, num_train_timesteps: int) -> torch.Tensor | None:

@@ -10,7 +10,8 @@ from torch import nn
 
 
 def diffusion_loss(unet, noise_scheduler: DDPMScheduler, latents: torch.Tensor, condition_latents: torch.Tensor,
-                   text_embeds: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+                   text_embeds: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                   weighting: str = "none") -> torch.Tensor:
     """000 Eq.2: E || eps - eps_theta(z_t, t, z_c, c) ||^2 (the v target instead for v-prediction schedules).
 
     latents z (B, 4, h, w) of the color image, condition_latents z_c of the gray image, text_embeds c (B, L, d).
@@ -18,7 +19,24 @@ def diffusion_loss(unet, noise_scheduler: DDPMScheduler, latents: torch.Tensor, 
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)  # z_t
     target = diffusion_target(noise_scheduler, latents, noise, timesteps)
     prediction = unet(noisy, timesteps, text_embeds, condition_latents=condition_latents).sample
-    return F.mse_loss(prediction.float(), target.float())
+    return weighted_mse(prediction, target, noise_scheduler, timesteps, weighting)
+
+
+def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, noise_scheduler: DDPMScheduler,
+                 timesteps: torch.Tensor, weighting: str) -> torch.Tensor:
+    """The mean squared error of predictions (B, ...) against their targets, each example weighted by `weighting`:
+    "none" (both papers: plain MSE), or "snr_plus_one", the "SNR+1" weighting of Salimans & Ho 2022 (Sec. 4): an eps
+    example counts (1 + SNR_t) / SNR_t = 1 / alpha_bar_t times, which makes it the squared error of the v its
+    prediction implies (v - v_hat = (eps - eps_hat) / sqrt(alpha_bar_t)); a v prediction already has that weight.
+    With eps, the plain loss gives a wrong color at high noise almost no weight (alpha_bar_t = 0.005 at SD1.5's last
+    step), where the colors are decided; this one weighs it as the v target does, for a network that must keep
+    predicting eps (SeAda's control model over a frozen eps U-Net)."""
+    error = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (B,)
+    if weighting == "snr_plus_one" and noise_scheduler.config.prediction_type == "epsilon":
+        error = error / noise_scheduler.alphas_cumprod.to(error.device)[timesteps]
+    elif weighting not in ("none", "snr_plus_one"):
+        raise ValueError(f"unknown loss weighting {weighting!r} (none or snr_plus_one)")
+    return error.mean()
 
 
 def diffusion_target(noise_scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,

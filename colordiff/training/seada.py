@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -37,7 +36,7 @@ from colordiff.training.common import (
 from colordiff.training.config import NoiseScheduleConfig, TrainConfig, sample_timesteps
 from colordiff.training.loop import make_accelerator, train
 from colordiff.training.lora import LoraSettings, add_lora, fused, save_lora_file
-from colordiff.training.losses import diffusion_target
+from colordiff.training.losses import diffusion_target, weighted_mse
 
 STAGE_NAMES = {0: "0 (ControlNet pretraining)", 1: "I", 2: "II", 3: "III"}
 
@@ -250,7 +249,8 @@ class SeAdaTask:
         prediction = control(pipe.unet, noisy.to(dtype), timesteps, text_embeds.to(dtype), control_image.to(dtype),
                              use_rca=self.plan["rca"]).sample
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)  # eps (001 Eq.4), or v
-        loss = self.lambda_s * F.mse_loss(prediction.float(), target.float())  # L_s, 001 Eq.4
+        loss = self.lambda_s * weighted_mse(prediction, target, self.noise_scheduler, timesteps,  # L_s, 001 Eq.4
+                                            self.config.loss_weighting)
         if self.lambda_r > 0:
             loss = loss + self.lambda_r * reconstruction_loss(out, self.config.reconstruction_target)  # L_r, 001 Eq.5
         return loss

@@ -86,7 +86,8 @@ def measure_training(seada, baseline, config, device, dtype) -> dict:
     for stage in config.stages:
         task = SimpleNamespace(  # the attributes SeAdaTask.loss / _set_trainable read
             config=SimpleNamespace(conditioning_dropout=0.05, reconstruction_target="e_g",
-                                   timestep_bias_strategy="none", gradient_checkpointing=False, lora_rank=0),
+                                   timestep_bias_strategy="none", loss_weighting="none", gradient_checkpointing=False,
+                                   lora_rank=0),
             accelerator=SimpleNamespace(device=device), pipe=seada, plan=stage_plan(stage), noise_scheduler=scheduler,
             lambda_r=1.0 if stage == 1 else 0.0, lambda_s=0.5 if stage == 1 else 1.0,
             weight_dtype=dtype)  # frozen parts in the mixed-precision dtype, as SeAdaTask (and train_controlnet.py)

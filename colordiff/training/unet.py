@@ -102,7 +102,8 @@ class UNetTask:
             text_embeds = self.pipe.encode_prompt(prompts).float()  # (B, L, d)
         noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)  # by shape, not layout
         timesteps = sample_timesteps(self.config, self.noise_scheduler.config.num_train_timesteps, batch_size, device)
-        return diffusion_loss(modules["unet"], self.noise_scheduler, latents, condition, text_embeds, noise, timesteps)
+        return diffusion_loss(modules["unet"], self.noise_scheduler, latents, condition, text_embeds, noise, timesteps,
+                              self.config.loss_weighting)
 
     def validate(self, modules: dict[str, nn.Module], config: TrainConfig):
         pipe = self._pipeline(modules)

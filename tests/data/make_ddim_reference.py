@@ -4,6 +4,7 @@ python tests/data/make_ddim_reference.py"""
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
 from safetensors.torch import save_file
 
 from colordiff.semantics import ImagePriors, Instances
@@ -31,6 +32,8 @@ def outputs() -> dict[str, torch.Tensor]:
     images, priors = inputs()
     common = {"prompt": PROMPTS, "num_inference_steps": 6, "resolution": 64, "output_type": "pt"}
     colordiff, seada = tiny_colordiff_pipeline(), tiny_seada_pipeline()
+    for pipe in (colordiff, seada):  # the spacing the references were written with (SD1.5's own)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading")
     runs = {"colordiff": colordiff(images, generator=generators(), priors="none", **common),
             "colordiff_seg": colordiff(images, generator=generators(), priors=priors, seg_strength=0.5, **common),
             "seada": seada(images, generator=generators(), priors="none", **common)}
