@@ -218,6 +218,13 @@ def test_a_base_from_another_bases_vae_keeps_that_vae_and_trains_only_a_new_prio
     config.output_dir, config.vae_latent_channels = str(tmp_path / "third"), 8
     with pytest.raises(ValueError, match="4 latent channels"):
         make_mini_base(config, log=lambda *_: None)
+    first_config = _config(photos, tmp_path / "first")
+    for key, value in (("vae_channels", [*first_config.vae_channels, 32]), ("vae_crop", 2 * first_config.vae_crop)):
+        config = _config(photos, tmp_path / "fourth")  # the U-Net's sample size follows from these: they must match
+        config.vae_from = str(tmp_path / "first")
+        setattr(config, key, value)
+        with pytest.raises(ValueError, match="give this base the same vae_channels, vae_crop"):
+            make_mini_base(config, log=lambda *_: None)
     config.vae_from, config.vae_latent_channels = str(tmp_path / "none"), 4
     with pytest.raises(FileNotFoundError, match="no vae/ folder"):
         make_mini_base(config, log=lambda *_: None)

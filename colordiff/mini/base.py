@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from colordiff.color import rgb_to_gray, rgb_to_lab
 from colordiff.config import check_settings, setting
 from colordiff.io import atomic_folder, atomic_write
+from colordiff.mini.captions import photo_texts
 from colordiff.mini.photos import list_photos, load_photo, random_crops
 from colordiff.testing import TINY_TEXT_DIM, caption_words, tiny_scheduler, tiny_text_encoder, tiny_tokenizer
 from colordiff.training.config import PREDICTION_TYPES, NoiseScheduleConfig, schedule_settings
@@ -64,7 +65,7 @@ class MiniBaseConfig:
     vae_initial_logvar: float | None = None
     vae_chroma_weight: float = 1.0  # L1 on Lab a/b (/ 100): plain RGB losses wash colors out
     # a built base whose (trained, normalised) VAE this base takes instead of training one; the VAE's training settings
-    # above are then not read (its vae_channels and vae_crop should still match it: they set the U-Net's sample size)
+    # above are then not read, but vae_channels, vae_crop and vae_latent_channels must be its own (checked)
     vae_from: str | None = None
     autocast_bf16: bool = True  # bfloat16 autocast on the CPU (faster where the CPU has bf16 instructions)
     # U-Net: random, UNet2DConditionModel with cross-attention on the tiny CLIP's 32-d embeddings
@@ -277,15 +278,6 @@ def reconstruction_report(vae: AutoencoderKL, photos: list[torch.Tensor]) -> dic
             "per_image_psnr": psnr}
 
 
-def photo_texts(files: list[Path], config: MiniBaseConfig) -> list[str]:
-    """The text of each training photo file: its caption, or "" without a captions file."""
-    if config.captions is None:
-        return [""] * len(files)
-    lines = [json.loads(line) for line in Path(config.captions).read_text().splitlines() if line.strip()]
-    captions = {Path(r["path"]).stem: r[config.caption_key] for r in lines}
-    return [captions.get(p.stem, "") for p in files]
-
-
 def prior_scheduler(config: MiniBaseConfig):
     """SD1.5's DDIM schedule with the prior's prediction type (and zero terminal SNR, trailing spacing, if set)."""
     from diffusers import DDIMScheduler
@@ -365,9 +357,11 @@ def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
         if not (Path(config.vae_from) / "vae" / "config.json").is_file():
             raise FileNotFoundError(f"vae_from {config.vae_from}: no vae/ folder there (build that base first)")
         vae = AutoencoderKL.from_pretrained(Path(config.vae_from) / "vae", local_files_only=True).eval()
-        if vae.config.latent_channels != config.vae_latent_channels:
-            raise ValueError(f"vae_from {config.vae_from}: {vae.config.latent_channels} latent channels, "
-                             f"vae_latent_channels is {config.vae_latent_channels}")
+        theirs = (list(vae.config.block_out_channels), vae.config.sample_size, vae.config.latent_channels)
+        if theirs != (list(config.vae_channels), config.vae_crop, config.vae_latent_channels):
+            raise ValueError("vae_from {}: its VAE has vae_channels {}, vae_crop {}, {} latent channels; give this "
+                             "base the same vae_channels, vae_crop, vae_latent_channels".format(config.vae_from,
+                                                                                                 *theirs))
         report = {**reconstruction_report(vae, heldout), "vae_from": str(config.vae_from)}
     else:
         vae = train_vae(train, config, log, progress / "vae.safetensors")
@@ -381,7 +375,7 @@ def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
     torch.manual_seed(config.seed)
     unet = build_unet(config)
     report["unet_parameters"] = sum(p.numel() for p in unet.parameters())
-    texts = photo_texts(train_files, config)
+    texts = photo_texts(train_files, config.captions, config.caption_key)
     tokenizer = tiny_tokenizer(caption_words(texts) if config.word_tokens else ())
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=tiny_text_encoder(config.seed, len(tokenizer)),
                                    tokenizer=tokenizer, unet=unet, scheduler=prior_scheduler(config),

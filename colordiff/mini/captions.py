@@ -18,6 +18,7 @@ import json
 import re
 from pathlib import Path
 
+from colordiff.data import load_captions
 from colordiff.io import atomic_write
 from colordiff.mini.photos import photo_files, photo_names, source_of
 
@@ -113,3 +114,10 @@ def write_folder_captions(data_dir: str | Path, output: str | Path) -> Path:
     with atomic_write(output) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return output
+
+
+def photo_texts(files: list[Path], captions: str | None, key: str) -> list[str]:
+    """The text of each photo file (matched by file stem): its `key` caption in the captions file, or "" without one."""
+    records = load_captions(captions, key) if captions is not None else {}
+    by_stem = {Path(path).stem: text for path, text in records.items()}
+    return [by_stem.get(p.stem, "") for p in files]
