@@ -175,8 +175,11 @@ def _prepare(config: TrainConfig, task: TrainingTask, accelerator: Accelerator, 
     named = [(f"{name}.{pn}", p) for name, m in modules.items() for pn, p in m.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     groups = task.param_groups(named) if hasattr(task, "param_groups") else params
+    # fused: one kernel updates every tensor (the world U-Net's 326 on a 2-core CPU: 3 ms a step, against 12-19 ms
+    # for torch's per-tensor default there); CPU and CUDA, where accelerate places the modules, have the kernel
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+                                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
+                                  fused=accelerator.device.type in ("cpu", "cuda") or None)
     sampler = EpochShuffleSampler(len(task.dataset), config.seed)
     loader = DataLoader(task.dataset, batch_size=config.train_batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=config.dataloader_num_workers, drop_last=False,
