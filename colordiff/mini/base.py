@@ -279,7 +279,7 @@ def reconstruction_report(vae: AutoencoderKL, photos: list[torch.Tensor]) -> dic
 
 
 def prior_scheduler(config: MiniBaseConfig):
-    """SD1.5's DDIM schedule with the prior's prediction type (and zero terminal SNR, trailing spacing, if set)."""
+    """SD1.5's DDIM schedule with the prior's prediction type (and zero terminal SNR, if set), trailing spacing."""
     from diffusers import DDIMScheduler
 
     settings = schedule_settings(NoiseScheduleConfig(zero_terminal_snr=config.unet_zero_terminal_snr,
