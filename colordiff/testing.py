@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from tokenizers import AddedToken
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -68,30 +69,21 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
 
 def tiny_tokenizer(words: Iterable[str] = ()) -> CLIPTokenizer:
     """A byte-level CLIP tokenizer: real tokenizer code, no download. One token per character, and for each of
-    `words` (ASCII letters, two or more) one whole-word token, built from its characters by BPE merges, as CLIP's own
-    vocabulary holds whole tokens for common words. Any other word is still spelled out in characters."""
+    `words` (ASCII letters, two or more) one whole-word token, as CLIP's own vocabulary holds whole tokens for common
+    words. Any other word is still spelled out in characters.
+
+    The words are added tokens matched as whole words (after CLIP's lowercasing), not BPE merges: BPE applies the
+    lowest-ranked merge anywhere in a word, so one word's merges split others ("un" of "under" inside "mountain"),
+    and no order of merges keeps every word of a large vocabulary whole (the photo lab's 1,675 caption words: 1,234
+    split into pieces)."""
     alphabet = sorted(ByteLevel.alphabet())
-    chars = {c: i for i, c in enumerate(alphabet)}
-    chars.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
-    order = sorted({w.lower() for w in words if len(w) > 1 and w.isascii() and w.isalpha()}, key=lambda w: (-len(w), w))
-    for _ in range(len(order) + 1):
-        vocab, merges = dict(chars), []
-        for word in order:  # each word's merges build it left to right from its first character
-            prefix = word[0]
-            for part in [*word[1:-1], word[-1] + "</w>"]:
-                if prefix + part not in vocab:
-                    merges.append((prefix, part))
-                    vocab[prefix + part] = len(vocab)
-                prefix += part
-        vocab["<|startoftext|>"] = len(vocab)
-        vocab["<|endoftext|>"] = len(vocab)
-        tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TINY_MAX_TOKENS)
-        # BPE applies the lowest-ranked merge anywhere in a word, so one word's merges can split another that
-        # contains their pair ("tr" of "triangle" inside "striped"): those words' merges move to the front
-        split = [w for w in order if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
-        if not split:
-            break
-        order = split + [w for w in order if w not in split]
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TINY_MAX_TOKENS)
+    whole = sorted({w.lower() for w in words if len(w) > 1 and w.isascii() and w.isalpha()})
+    tokenizer.add_tokens([AddedToken(w, single_word=True, normalized=True) for w in whole])
     return tokenizer
 
 
@@ -100,20 +92,19 @@ def caption_words(texts: Iterable[str]) -> list[str]:
     return sorted({w for text in texts for w in re.findall(r"[a-z]+", text.lower())})
 
 
-def tiny_text_encoder(seed: int = 0, vocab_size: int | None = None) -> CLIPTextModel:
-    """A two-layer CLIP text encoder for `tiny_tokenizer`'s vocabulary (of `vocab_size` tokens; None: without
-    words)."""
-    vocab_size = vocab_size or len(tiny_tokenizer())
+def tiny_text_encoder(seed: int = 0, tokenizer: CLIPTokenizer | None = None) -> CLIPTextModel:
+    """A two-layer CLIP text encoder for a `tiny_tokenizer`'s vocabulary (None: the one without words)."""
+    tokenizer = tokenizer or tiny_tokenizer()
     config = CLIPTextConfig(
-        vocab_size=vocab_size,
+        vocab_size=len(tokenizer),
         hidden_size=TINY_TEXT_DIM,
         intermediate_size=37,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=TINY_MAX_TOKENS,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

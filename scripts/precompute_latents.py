@@ -6,9 +6,10 @@
 
 import sys
 
+from colordiff.devices import end_process_group
 from colordiff.training.cli import run_script
 from colordiff.training.precompute import main
 from colordiff.training.unet import TrainUNetConfig
 
 if __name__ == "__main__":
-    sys.exit(run_script(TrainUNetConfig, main, __doc__))
+    sys.exit(end_process_group(run_script(TrainUNetConfig, main, __doc__)))

@@ -6,8 +6,9 @@
 
 import sys
 
+from colordiff.devices import end_process_group
 from colordiff.training.cli import run_script
 from colordiff.training.seada import TrainSeAdaConfig, main
 
 if __name__ == "__main__":
-    sys.exit(run_script(TrainSeAdaConfig, main, __doc__))
+    sys.exit(end_process_group(run_script(TrainSeAdaConfig, main, __doc__)))

@@ -143,20 +143,42 @@ def test_word_tokens_give_each_caption_word_one_token_in_the_saved_base(tmp_path
     assert report["text_tokens"] == len(tokenizer)
     caption = json.loads((photos / "captions.jsonl").read_text().splitlines()[0])["caption_color"]
     tokens = tokenizer.convert_ids_to_tokens(tokenizer(caption, add_special_tokens=False).input_ids)
-    assert tokens == [w + "</w>" for w in caption.replace(",", " ,").split()]  # "purple</w>", not "p", "u", ...
+    # "purple", not "p", "u", ...; "a" is a character token and the comma keeps its own
+    assert tokens == [w if len(w) > 1 else w + "</w>" for w in caption.replace(",", " ,").split()]
     assert len(tokenizer("a greenish dog", add_special_tokens=False).input_ids) > 3  # unseen words: characters
+    assert (encoder.config.bos_token_id, encoder.config.eos_token_id) == (tokenizer.bos_token_id,
+                                                                          tokenizer.eos_token_id)
 
 
-def test_tiny_tokenizer_merges_every_word_whole_even_where_words_overlap():
+def test_tiny_tokenizer_keeps_every_word_whole_even_where_words_overlap():
     from colordiff.testing import caption_words, tiny_tokenizer
 
     words = caption_words(["A striped triangle, a green, red star; stars and tar."])
     assert words == ["a", "and", "green", "red", "star", "stars", "striped", "tar", "triangle"]
+    # words that share pieces: with BPE merges "tr" of "triangle" split "striped", and "un" of "under" "mountain"
+    words += ["mountain", "under", "water", "watermelons", "with", "within", "tin", "ain"]
     tokenizer = tiny_tokenizer(words)
-    for word in words:  # "tr" of "triangle" must not split "striped", nor "re" of "red" split "green"
-        assert tokenizer.convert_ids_to_tokens(tokenizer(word, add_special_tokens=False).input_ids) == [word + "</w>"]
+    for word in words[1:]:
+        assert tokenizer.convert_ids_to_tokens(tokenizer(word, add_special_tokens=False).input_ids) == [word]
+    # whole words only, after CLIP's lowercasing: a word inside a longer one is not cut out of it
+    ids = tokenizer("Mountain, WATERMELON water", add_special_tokens=False).input_ids
+    assert tokenizer.convert_ids_to_tokens(ids)[:2] == ["mountain", ",</w>"]
+    assert ids[-1] == tokenizer.convert_tokens_to_ids("water")
+    assert len(ids) == 3 + len("watermelon")  # "watermelon" (not a word of the list) is spelled out
     plain = tiny_tokenizer()
-    assert len(plain("red", add_special_tokens=False).input_ids) == 3 and len(tokenizer) > len(plain)
+    assert len(plain("red", add_special_tokens=False).input_ids) == 3 and len(tokenizer) == len(plain) + len(words) - 1
+
+
+def test_tiny_tokenizer_saves_and_loads_with_its_words(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from colordiff.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(["mountain", "water", "purple"])
+    tokenizer.save_pretrained(tmp_path)
+    loaded = CLIPTokenizer.from_pretrained(tmp_path)
+    text = "a purple mountain over water, watery"
+    assert loaded(text).input_ids == tokenizer(text).input_ids and len(loaded) == len(tokenizer)
 
 
 def test_vae_initial_logvar_sets_the_posterior_noise_the_vae_starts_with():

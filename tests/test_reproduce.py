@@ -310,3 +310,21 @@ def test_a_launched_entry_point_ends_its_process_group(tmp_path):
     for script in ("reproduce_tables", "evaluate", "caption"):
         assert "sys.exit(end_process_group(main()))" in (REPO / "scripts" / f"{script}.py").read_text()
     assert "sys.exit(end_process_group(main()))" in (REPO / "colordiff" / "cli.py").read_text()
+    for script in ("train_unet", "train_decoder", "train_seada", "distill", "precompute_latents"):
+        assert "sys.exit(end_process_group(run_script(" in (REPO / "scripts" / f"{script}.py").read_text()
+
+
+def test_one_of_several_launched_processes_exits_with_its_status_after_the_exit_handlers():
+    """With WORLD_SIZE > 1 (torchrun's), end_process_group ends the process itself once Python's exit handlers ran
+    and the streams are flushed, with the status it was given; with one process it returns the status."""
+    code = ("import atexit, sys\n"
+            "from colordiff.devices import end_process_group\n"
+            "atexit.register(print, 'exit handler ran')\n"
+            "print('work done', end=' ')\n"
+            "status = end_process_group(3)\n"
+            "print('returned', status)\n")
+    for world_size, returncode, stdout in (("2", 3, "work done exit handler ran\n"),
+                                           ("1", 0, "work done returned 3\nexit handler ran\n")):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                                env={**os.environ, "WORLD_SIZE": world_size}, timeout=120)
+        assert (result.returncode, result.stdout) == (returncode, stdout), result.stderr[-2000:]

@@ -377,7 +377,7 @@ def make_mini_base(config: MiniBaseConfig, log=print) -> Path:
     report["unet_parameters"] = sum(p.numel() for p in unet.parameters())
     texts = photo_texts(train_files, config.captions, config.caption_key)
     tokenizer = tiny_tokenizer(caption_words(texts) if config.word_tokens else ())
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=tiny_text_encoder(config.seed, len(tokenizer)),
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=tiny_text_encoder(config.seed, tokenizer),
                                    tokenizer=tokenizer, unet=unet, scheduler=prior_scheduler(config),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     report["text_tokens"] = len(tokenizer)
