@@ -31,7 +31,7 @@ def end_process_group(status: int) -> int:
     In a process that is one of several (torchrun's WORLD_SIZE > 1) it then ends the process itself: Python's exit
     handlers run, the streams are flushed, and os._exit(status) skips the C++ teardown that follows them. That
     teardown can abort a process that has finished all its work, after destroy_process_group and after the exit
-    handlers (SIGABRT, "terminate called without an active exception": about 1 in 40 two-process runs on an idle
+    handlers (SIGABRT, "terminate called without an active exception": about 1 in 50 two-process runs on an idle
     2-core machine, 1 in 5 beside a busy process), and torchrun then fails the whole launch. Every file a run
     writes is closed (and renamed into place) by then."""
     import atexit
