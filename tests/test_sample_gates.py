@@ -119,10 +119,14 @@ def test_gate_verdicts_per_row_and_the_targets():
     checks = goals(rows, gates)
     assert checks["unet_decoder passes the conditional colors gate"] is True
     assert checks["decoder row beats U-Net-only row on PSNR"] is True
+    assert checks["decoder row beats U-Net-only row on PSNR of the decoded RGB (L not kept)"] is None  # not scored
     assert checks["SeAda I+II+III beats stage II only on PSNR"] is None
     table = "\n".join(render_rows(rows, gates, 8))
     assert "| 22.60 | 16.00 | pass | pass |" in table and "| 21.75 | 18.60 | fail | fail |" in table
     assert "| stage II only |" in table and "| - | - | - | fail |" in table
+    rows |= {"unet_only_rgb": row(19.0, 19.0, hue=0.2), "unet_decoder_rgb": row(18.5, 18.0, hue=0.5)}
+    rgb_goal = "decoder row beats U-Net-only row on PSNR of the decoded RGB (L not kept)"
+    assert goals(rows, gate_verdicts(rows))[rgb_goal] is False  # 18.5 dB against 19.0
 
 
 def test_decoder_ceiling_row_is_the_vae_ceiling_until_the_skips_act(tmp_path):

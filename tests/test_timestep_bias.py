@@ -1,5 +1,7 @@
 """Timestep bias (NoiseScheduleConfig.timestep_bias_*): which noise levels the diffusion tasks train on."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -45,3 +47,13 @@ def test_no_bias_draws_exactly_what_uniform_training_draws():
 def test_bad_bias_settings_are_config_errors(override):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         load_config(TrainUNetConfig, [], [override])
+
+
+def test_photo_recipe_draws_timesteps_uniformly_and_the_world_recipe_biases():
+    """The photo miniature samples in several steps and needs the low-noise end trained; the world samples one step."""
+    repo = Path(__file__).resolve().parents[1]
+    photo = [repo / "configs/colordiff/unet.yaml", repo / "configs/mini/unet.yaml"]
+    assert load_config(TrainUNetConfig, photo).timestep_bias_strategy == "none"
+    world = load_config(TrainUNetConfig, [*photo, repo / "configs/mini/world_unet.yaml"])
+    assert (world.timestep_bias_strategy, world.timestep_bias_multiplier, world.timestep_bias_portion) == \
+        ("later", 20.0, 0.1)

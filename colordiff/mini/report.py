@@ -14,7 +14,17 @@ import torch
 from colordiff.config import dotlist_value, load_config
 from colordiff.io import atomic_write, write_image
 from colordiff.mini.photos import read_rgb
-from colordiff.mini.table import METRICS, ROWS, WORLD_ROWS, cell, gate_verdicts, goals, render_rows, render_targets
+from colordiff.mini.table import (
+    METRICS,
+    RGB_ROWS,
+    ROWS,
+    WORLD_ROWS,
+    cell,
+    gate_verdicts,
+    goals,
+    render_rows,
+    render_targets,
+)
 
 __all__ = ["METRICS", "ROWS", "WORLD_ROWS", "report", "evaluate_folder"]  # the table's layout, read by the tests
 
@@ -119,8 +129,9 @@ def baseline_predictions(lab, scores: ScoreSet, decoder: Path | None = None) -> 
 
 def colorize_runs(lab, models: dict[str, Path], scores: ScoreSet) -> list[tuple[str, Path, list[str]]]:
     """(row, model, extra colorize keys) of every model row; the caption-prompt row (the set's Des_g captions, via
-    --captions) after the decoder row when the set has captions."""
+    --captions) after the decoder row when the set has captions; the decoded-RGB rows (RGB_ROWS) at the end."""
     runs = [(k, v, []) for k, v in models.items()]
+    runs += [(row, models[model], ["keep_luminance=false"]) for row, model in RGB_ROWS.items() if model in models]
     if "unet_decoder" in models and scores.captions is not None:
         captions = scores.pred.parent / f"captions_{scores.name}.jsonl"
         if not captions.exists():
@@ -138,10 +149,11 @@ def colorize_runs(lab, models: dict[str, Path], scores: ScoreSet) -> list[tuple[
 def colorize_models(lab, models: dict[str, Path], scores: ScoreSet) -> tuple[dict[str, Path], dict[str, Path]]:
     """Each model colorizes the set's gray photos through `colordiff colorize`: ({row: single samples},
     {row: N samples per photo}). With mean_samples N > 1 one run draws the N samples (pred/<row>_samples/,
-    name_0 ... name_{N-1}) and the single-sample row is sample 0 of each photo; otherwise one sample per photo."""
-    n, single, several = lab.config.mean_samples, {}, {}
+    name_0 ... name_{N-1}) and the single-sample row is sample 0 of each photo; otherwise, and for the decoded-RGB
+    rows (their gates are the L-kept rows'), one sample per photo."""
+    single, several = {}, {}
     for row, model, extra in colorize_runs(lab, models, scores):
-        folder = scores.pred / row
+        n, folder = 1 if row in RGB_ROWS else lab.config.mean_samples, scores.pred / row
         target = scores.pred / f"{row}_samples" if n > 1 else folder
         run_colorize_phase(lab, f"colorize {row} ({scores.name}, {max(n, 1)} per photo)", model, scores.gray,
                            target, [*extra, f"num_samples={max(n, 1)}"])
@@ -286,6 +298,8 @@ def report(lab, models: dict[str, Path]) -> dict:
         summary["learning_curve"] = json.loads(target.read_text())
     if lab.config.world_scenes:
         summary.update(world_scores(lab, main_predictions))
+        from colordiff.mini.world_report import world_goals
+
         summary["checks"] |= world_goals(summary)
     summary["mean_samples"] = lab.config.mean_samples
     summary["base"] = json.loads((lab.work / "base" / "base_report.json").read_text())
@@ -323,24 +337,6 @@ def world_scores(lab, predictions: dict[str, Path]) -> dict:
     photos = lab.work / "photos"
     return {"class_accuracy": {row: class_accuracy(folder, photos / "gt", photos / "meta")
                                for row, folder in predictions.items()}}
-
-
-def world_goals(summary: dict) -> dict:
-    """The color-rule world's targets (docs/miniature.md): every one is met by a recipe that learns the rules."""
-    rows, classes = summary["rows"], summary.get("class_accuracy", {})
-    full, seg = rows.get("unet_decoder_prompt", {}), rows.get("unet_decoder_prompt_seg", {})
-    gray_psnr = rows.get("gray", {}).get("psnr")
-    ring = lambda row: classes.get(row, {}).get("ring")  # noqa: E731
-    known = lambda *v: None not in v  # noqa: E731
-    return {
-        "full model hue accuracy >= 0.9": known(full.get("hue_accuracy")) and full["hue_accuracy"] >= 0.9,
-        "full model PSNR >= gray + 6 dB": known(full.get("psnr"), gray_psnr) and full["psnr"] >= gray_psnr + 6,
-        "ring right >= 0.9 with its caption": known(ring("unet_decoder_prompt")) and ring("unet_decoder_prompt") >= 0.9,
-        "ring about chance (0.3-0.7) without a caption": known(ring("unet_decoder"))
-        and 0.3 <= ring("unet_decoder") <= 0.7,
-        "exact-mask segmentation guidance not worse (hue accuracy within 0.02)": known(
-            seg.get("hue_accuracy"), full.get("hue_accuracy")) and seg["hue_accuracy"] >= full["hue_accuracy"] - 0.02,
-    }
 
 
 def render_table(summary: dict) -> str:

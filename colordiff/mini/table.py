@@ -24,10 +24,15 @@ ROWS = {
     "unet_decoder": ("paper 000 Table 2", "+ luminance-aware decoder (w/o high-level semantics)"),
     "unet_decoder_prompt": ("paper 000 Table 2", "+ priors: the caption prompt (full model)"),
     "unet_decoder_prompt_seg": ("paper 000 Table 2", "+ segmentation guidance on the exact masks (world only)"),
+    "unet_only_rgb": ("paper 000 Table 2", "U-Net only, its decoded RGB (the input's L not kept)"),
+    "unet_decoder_rgb": ("paper 000 Table 2", "+ luminance-aware decoder, its decoded RGB (the input's L not kept)"),
     "seada_ii": ("paper 001 Table 2", "stage II only"),
     "seada_i_ii": ("paper 001 Table 2", "stages I + II"),
     "seada_i_ii_iii": ("paper 001 Table 2", "stages I + II + III (full model)"),
 }
+# the decoder ablation as paper 000 scores it: each model's own RGB, one sample per photo. Every other row keeps the
+# input's exact L, which leaves the decoder only the a/b to change; Eq.6-7 add the gray's structure to the decoded RGB
+RGB_ROWS = {"unet_only_rgb": "unet_only", "unet_decoder_rgb": "unet_decoder"}
 WORLD_ROWS = {"unet_decoder_prompt_seg"}  # rows only the color-rule world has (its exact instance masks)
 DETERMINISTIC_ROWS = {"gray", "mean_chroma", "vae_ceiling", "decoder_ceiling"}  # no sampling: the mean of N is the row
 METRICS = ["colorfulness", "delta_cf", "delta_cf_per_image", "psnr", "delta_ab", "hue_accuracy"]
@@ -78,7 +83,8 @@ def gate_verdicts(rows: dict) -> dict[str, dict[str, bool | None]]:
 
 def goals(rows: dict, gates: dict) -> dict:
     """The miniature's targets on one test set, each True / False (None when a row is missing): the full ColorDiff
-    model passes both gates, the decoder row beats U-Net only and SeAda I+II+III beats stage II only on PSNR."""
+    model passes both gates, the decoder row beats U-Net only (with the input's L kept, and on the decoded RGB) and
+    SeAda I+II+III beats stage II only on PSNR."""
     def beats(row, other):
         a, b = rows.get(row, {}).get("psnr"), rows.get(other, {}).get("psnr")
         return None if a is None or b is None else a > b
@@ -86,6 +92,8 @@ def goals(rows: dict, gates: dict) -> dict:
     full = next((r for r in ("unet_decoder_prompt", "unet_decoder", "unet_only") if r in rows), "unet_decoder")
     out = {f"{full} passes the {gate} gate": gates.get(full, {}).get(gate) for gate in GATES}
     out["decoder row beats U-Net-only row on PSNR"] = beats("unet_decoder", "unet_only")
+    out["decoder row beats U-Net-only row on PSNR of the decoded RGB (L not kept)"] = beats("unet_decoder_rgb",
+                                                                                           "unet_only_rgb")
     out["SeAda I+II+III beats stage II only on PSNR"] = beats("seada_i_ii_iii", "seada_ii")
     return out
 

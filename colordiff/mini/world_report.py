@@ -160,3 +160,21 @@ def save_json(path: Path, data) -> None:
 
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1))
+
+
+def world_goals(summary: dict) -> dict:
+    """The color-rule world's targets (docs/miniature.md): every one is met by a recipe that learns the rules."""
+    rows, classes = summary["rows"], summary.get("class_accuracy", {})
+    full, seg = rows.get("unet_decoder_prompt", {}), rows.get("unet_decoder_prompt_seg", {})
+    gray_psnr = rows.get("gray", {}).get("psnr")
+    ring = lambda row: classes.get(row, {}).get("ring")  # noqa: E731
+    known = lambda *v: None not in v  # noqa: E731
+    return {
+        "full model hue accuracy >= 0.9": known(full.get("hue_accuracy")) and full["hue_accuracy"] >= 0.9,
+        "full model PSNR >= gray + 6 dB": known(full.get("psnr"), gray_psnr) and full["psnr"] >= gray_psnr + 6,
+        "ring right >= 0.9 with its caption": known(ring("unet_decoder_prompt")) and ring("unet_decoder_prompt") >= 0.9,
+        "ring about chance (0.3-0.7) without a caption": known(ring("unet_decoder"))
+        and 0.3 <= ring("unet_decoder") <= 0.7,
+        "exact-mask segmentation guidance not worse (hue accuracy within 0.02)": known(
+            seg.get("hue_accuracy"), full.get("hue_accuracy")) and seg["hue_accuracy"] >= full["hue_accuracy"] - 0.02,
+    }
