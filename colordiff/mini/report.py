@@ -153,7 +153,8 @@ def colorize_models(lab, models: dict[str, Path], scores: ScoreSet) -> tuple[dic
     rows (their gates are the L-kept rows'), one sample per photo."""
     single, several = {}, {}
     for row, model, extra in colorize_runs(lab, models, scores):
-        n, folder = 1 if row in RGB_ROWS else lab.config.mean_samples, scores.pred / row
+        n = 1 if row in RGB_ROWS else lab.config.mean_samples
+        folder = scores.pred / row
         target = scores.pred / f"{row}_samples" if n > 1 else folder
         run_colorize_phase(lab, f"colorize {row} ({scores.name}, {max(n, 1)} per photo)", model, scores.gray,
                            target, [*extra, f"num_samples={max(n, 1)}"])
