@@ -206,5 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def entry() -> int:
+    """The `colordiff` console script: `main` on the command line's arguments, then `end_process_group`, exactly as
+    `python -m colordiff.cli` runs (so `accelerate launch` may start either)."""
+    return end_process_group(main())
+
+
 if __name__ == "__main__":
-    sys.exit(end_process_group(main()))
+    sys.exit(entry())

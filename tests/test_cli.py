@@ -281,3 +281,23 @@ def test_every_flag_has_a_help_line_with_its_default(capsys):
                 f"{name} {action.option_strings[0]}: no default in {text!r}"
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"colordiff {__import__('colordiff').__version__}"
+
+
+def test_console_script_ends_the_process_group(monkeypatch, capsys):
+    """The installed `colordiff` script runs `main` through `end_process_group`, as `python -m colordiff.cli` does."""
+    import tomllib
+
+    import colordiff.cli as cli
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
+    assert scripts["colordiff"] == "colordiff.cli:entry"
+    ended = []
+    monkeypatch.setattr(cli, "end_process_group", lambda status: ended.append(status) or status)
+    monkeypatch.setattr(sys, "argv", ["colordiff", "--version"])
+    assert cli.entry() == 0
+    assert ended == [0]
+    monkeypatch.setattr(sys, "argv", ["colordiff", "colorize"])  # no inputs: a usage error, its status passed on
+    status = cli.entry()
+    assert status != 0 and ended == [0, status]
+    capsys.readouterr()
