@@ -309,7 +309,8 @@ def test_a_launched_entry_point_ends_its_process_group(tmp_path):
             dist.destroy_process_group()
     for script in ("reproduce_tables", "evaluate", "caption"):
         assert "sys.exit(end_process_group(main()))" in (REPO / "scripts" / f"{script}.py").read_text()
-    assert "sys.exit(end_process_group(main()))" in (REPO / "colordiff" / "cli.py").read_text()
+    cli = (REPO / "colordiff" / "cli.py").read_text()  # the console script's `entry` and `python -m` alike
+    assert "return end_process_group(main())" in cli and "sys.exit(entry())" in cli
     for script in ("train_unet", "train_decoder", "train_seada", "distill", "precompute_latents"):
         assert "sys.exit(end_process_group(run_script(" in (REPO / "scripts" / f"{script}.py").read_text()
 
