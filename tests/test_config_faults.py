@@ -246,7 +246,7 @@ def test_every_shipped_config_still_loads():
             load_config(LabConfig, [path], ["data_dir=d"])
         elif relative in ("mini/world_seed1.yaml", "mini/world_vprior.yaml"):  # applied after world.yaml
             load_config(LabConfig, [REPO / "configs/mini/world.yaml", path])
-        elif relative == "mini/lab_vprior.yaml":  # applied after lab.yaml
+        elif relative == "mini/lab_epsprior.yaml":  # applied after lab.yaml
             load_config(LabConfig, [REPO / "configs/mini/lab.yaml", path])
         elif relative in ("mini/base.yaml", "mini/world_base.yaml"):
             load_config(MiniBaseConfig, [path], ["data_dir=d"])
